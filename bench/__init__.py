@@ -1,0 +1,1 @@
+"""Benchmarks and simulations of forestreet-sidecar (not part of the installed package)."""

@@ -1,0 +1,214 @@
+"""The command line: the one place where errors become exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from random import Random
+from types import FrameType
+from typing import Any
+
+from sidecar import __version__
+from sidecar.errors import ConfigError, StartupError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 78
+COMMANDS = ("run", "once", "check-config", "fake-api")
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    env = os.environ if environ is None else environ
+    parser = _parser()
+    # `run` is the default command; insert it after the global options.
+    if not any(arg in COMMANDS for arg in args_list) and not {"-h", "--help", "--version"} & set(
+        args_list
+    ):
+        args_list.append("run")
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if args.command == "fake-api":
+        from sidecar import fake_api
+
+        return fake_api.run(args)
+    try:
+        return _dispatch(args, env)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    except StartupError as exc:
+        print(f"forestreet-sidecar: {exc}", file=sys.stderr)
+        from sidecar import logs
+
+        logs.get().error("startup_failed", message=str(exc))
+        return EXIT_FAILURE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="forestreet-sidecar",
+        description="Keeps a fresh Forestreet session token on disk.",
+    )
+    parser.add_argument("--version", action="version", version=f"forestreet-sidecar {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    for target, default in ((parser, None), (common, argparse.SUPPRESS)):
+        target.add_argument("--config", type=Path, default=default, help="YAML configuration file")
+        target.add_argument(
+            "--log-level", choices=("debug", "info", "warning", "error"), default=default
+        )
+        target.add_argument("--log-format", choices=("json", "console"), default=default)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("run", parents=[common], help="long-running daemon (default)")
+    once = commands.add_parser(
+        "once", parents=[common], help="fetch one session, write it, exit (init containers)"
+    )
+    once.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="retry retryable failures until this many seconds have passed (default 60)",
+    )
+    commands.add_parser(
+        "check-config", parents=[common], help="validate and print the effective configuration"
+    )
+    fake = commands.add_parser("fake-api", help="a local stand-in of the Forestreet auth API")
+    from sidecar import fake_api
+
+    fake_api.add_arguments(fake)
+    return parser
+
+
+def _dispatch(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from sidecar import config as config_module
+
+    overrides: dict[str, object] = {}
+    if args.log_level:
+        overrides["log.level"] = args.log_level
+    if args.log_format:
+        overrides["log.format"] = args.log_format
+    config = config_module.load(args.config, environ, overrides)
+    if args.command == "check-config":
+        return _check_config(config)
+
+    from sidecar import logs, sink
+
+    logs.configure(config.log.level, config.log.format)
+    log = logs.get()
+    for warning in config.warnings:
+        log.warning("config_warning", message=warning)
+    paths = [config.token.path]
+    if config.token.session_path is not None:
+        paths.append(config.token.session_path)
+    for path in paths:
+        sink.check_writable(path)
+        for temp in sink.sweep_stale(path):
+            log.info("stale_temp_removed", path=str(temp))
+    if args.command == "once":
+        return _once(config, environ, log, args.timeout)
+    return _run(config, environ, log)
+
+
+def _check_config(config: Any) -> int:
+    import yaml
+
+    from sidecar.config import effective
+    from sidecar.session import fingerprint
+
+    print(yaml.safe_dump(effective(config), sort_keys=False).rstrip())
+    try:
+        key_fingerprint = fingerprint(config.key.read(os.environ).value)
+    except (OSError, ValueError) as exc:
+        key_fingerprint = f"unreadable ({exc.__class__.__name__})"
+    print(f"# API key: from {config.key.describe()} ({key_fingerprint})")
+    for name, origin in sorted(config.sources.items()):
+        print(f"# {name}: from {origin}")
+    for warning in config.warnings:
+        print(f"# warning: {warning}", file=sys.stderr)
+    return EXIT_OK
+
+
+class _Interrupted(Exception):  # noqa: N818 - a signal, not an error
+    pass
+
+
+def _once(config: Any, environ: Mapping[str, str], log: Any, timeout: float) -> int:
+    from sidecar.api import ApiClient
+    from sidecar.policy import Lane
+    from sidecar.refresher import Refresher
+
+    def interrupt(signum: int, _frame: FrameType | None) -> None:
+        raise _Interrupted(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
+    client = ApiClient(config.api, require_refresh_token=config.token.include_refresh_token)
+    refresher = Refresher(config, client, None, log, rng=Random(), environ=environ)
+    deadline = time.monotonic() + timeout
+    attempts = 0
+    try:
+        while True:
+            attempts += 1
+            outcome = refresher.attempt()
+            if outcome.ok:
+                return EXIT_OK
+            left = deadline - time.monotonic()
+            if outcome.lane is not Lane.RETRYABLE:
+                hint = outcome.error.hint if outcome.error else ""
+                log.error("once_gave_up", reason="needs a human", attempts=attempts, hint=hint)
+                return EXIT_FAILURE
+            if outcome.delay >= left:
+                log.error("once_gave_up", reason=f"no token within {timeout:g}s", attempts=attempts)
+                return EXIT_FAILURE
+            time.sleep(outcome.delay)
+    except _Interrupted as exc:
+        log.error("once_gave_up", reason=f"interrupted by {exc}", attempts=attempts)
+        return EXIT_FAILURE
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        client.close()
+
+
+def _run(config: Any, environ: Mapping[str, str], log: Any) -> int:
+    from prometheus_client import CollectorRegistry
+
+    from sidecar.api import ApiClient
+    from sidecar.daemon import Daemon
+    from sidecar.metrics import Metrics
+    from sidecar.notify import Notifier
+    from sidecar.refresher import Refresher
+    from sidecar.server import ProbeServer
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, __version__)
+    client = ApiClient(config.api, require_refresh_token=config.token.include_refresh_token)
+    refresher = Refresher(config, client, metrics, log, rng=Random(), environ=environ)
+    notifier = Notifier.from_environ(environ, os.getpid())
+    daemon = Daemon(config, refresher, notifier, log)
+    server = None
+    address = config.server.address
+    if address is not None:
+        server = ProbeServer(address, registry, daemon.health, daemon.readiness).start()
+    log.info(
+        "started",
+        version=__version__,
+        token_path=str(config.token.path),
+        api=config.api.base_url,
+        key_source=config.key.describe(),
+        listen=f"{address[0]}:{server.port}" if address and server else None,
+    )
+    kept = refresher.adopt_existing()
+    try:
+        return daemon.run(0.0 if kept is None else kept)
+    finally:
+        if server is not None:
+            server.stop()

@@ -1,0 +1,262 @@
+"""The long-running loop: APScheduler runs attempts, the main thread handles signals.
+
+Signal handlers only set flags and wake the main thread; the main thread acts.
+APScheduler's date trigger fires on the wall clock, so every run date is derived
+from a monotonic due time, and the main thread fixes the schedule if the wall clock
+jumps (a job fired early is put back; one the clock made late is run now).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+from typing import Any
+
+from sidecar import sink
+from sidecar.config import Config
+from sidecar.notify import Notifier
+from sidecar.refresher import Outcome, Refresher, Stopping, iso
+from sidecar.session import fingerprint
+
+JOB_ID = "refresh"
+SHUTDOWN_SECONDS = 4.0
+# A job may fire this much early or late before the main thread steps in.
+CLOCK_SLACK_SECONDS = 0.5
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        refresher: Refresher,
+        notifier: Notifier,
+        log: Any,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.refresher = refresher
+        self.notifier = notifier
+        self.log = log
+        self.monotonic = monotonic
+        self.wall = wall
+        self._wake = threading.Event()
+        self._stop_signal: int | None = None
+        self._hup = False
+        self._hup_pending = False
+        self._lock = threading.Lock()
+        self._due_monotonic = monotonic()
+        self._running_since: float | None = None
+        self._ready_sent = False
+        self._scheduler: Any = None
+        # Time an attempt may take before the loop counts as stuck.
+        self._stuck_after = 2 * config.api.timeout_seconds + 30.0
+
+    # -- probes -------------------------------------------------------------
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Alive unless the loop is stuck; an upstream outage is not a liveness problem."""
+        now = self.monotonic()
+        with self._lock:
+            running_since, due = self._running_since, self._due_monotonic
+        if self._scheduler is None or not self._scheduler.running:
+            return False, {"status": "stopped", "reason": "scheduler is not running"}
+        if running_since is not None and now - running_since > self._stuck_after:
+            late = round(now - running_since, 1)
+            return False, {"status": "stuck", "reason": f"attempt running for {late}s"}
+        if running_since is None and now - due > self._stuck_after:
+            late = round(now - due, 1)
+            return False, {"status": "stuck", "reason": f"refresh overdue by {late}s"}
+        return True, {"status": "ok", "consecutive_failures": self.refresher.failures}
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready when the file on disk holds the token we wrote (or kept) and it is unexpired."""
+        path = self.config.token.path
+        text = sink.read_text(path)
+        known = self.refresher.token
+        problem = None
+        if not text:
+            problem = f"{path} is missing or empty"
+        elif known is None:
+            problem = "no token written or kept by this process yet"
+        elif fingerprint(text) != known.fingerprint:
+            problem = f"{path} holds a token this process did not write"
+        elif self.refresher.remaining() is None:
+            problem = "the token on disk has expired"
+        detail: dict[str, Any] = {"ready": problem is None}
+        if problem is not None:
+            detail["reason"] = problem
+        if known is not None:
+            detail["expires_at"] = iso(known.expires_wall)
+        return problem is None, detail
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def run(self, first_delay: float = 0.0) -> int:
+        """Refresh until SIGTERM/SIGINT; return the exit code."""
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        # Imported here: the first token must not wait for the scheduler's imports.
+        self._scheduler = BackgroundScheduler(
+            timezone=UTC,
+            executors={"default": ThreadPoolExecutor(max_workers=1)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+        previous = self._install_signals()
+        try:
+            self._scheduler.start()
+            self._schedule(first_delay)
+            if self.refresher.token is not None:
+                self._announce_ready()
+            self._loop()
+        finally:
+            code = self._shutdown()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        return code
+
+    def _loop(self) -> None:
+        watchdog = self.notifier.watchdog_seconds
+        next_ping = self.monotonic()
+        while self._stop_signal is None:
+            now = self.monotonic()
+            if watchdog is not None and now >= next_ping:
+                # A stuck loop stops the pings, so systemd restarts us.
+                if self.health()[0]:
+                    self.notifier.watchdog()
+                next_ping = now + watchdog
+            if self._hup:
+                self._hup = False
+                self.log.info("refresh_requested", signal="SIGHUP")
+                self._schedule(0.0, force=True)
+            self._catch_up_after_clock_jump()
+            with self._lock:
+                due = self._due_monotonic
+            wait = max(due + CLOCK_SLACK_SECONDS - self.monotonic(), CLOCK_SLACK_SECONDS)
+            if watchdog is not None:
+                wait = min(wait, max(next_ping - self.monotonic(), 0.0))
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    def _catch_up_after_clock_jump(self) -> None:
+        from apscheduler.jobstores.base import JobLookupError
+
+        with self._lock:
+            overdue = (
+                self._running_since is None
+                and self.monotonic() > self._due_monotonic + CLOCK_SLACK_SECONDS
+            )
+        if overdue:
+            try:
+                self._scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC))
+            except JobLookupError:
+                return
+
+    def _job(self) -> None:
+        now = self.monotonic()
+        with self._lock:
+            early = self._due_monotonic - now
+            if early > CLOCK_SLACK_SECONDS:
+                # The wall clock jumped forward; the token's lifetime did not.
+                self._add_job(early)
+                return
+            self._running_since = now
+        try:
+            outcome = self.refresher.attempt()
+        except Stopping:
+            return
+        finally:
+            with self._lock:
+                self._running_since = None
+        with self._lock:
+            pending, self._hup_pending = self._hup_pending, False
+        self._schedule(0.0 if pending else outcome.delay)
+        self._report(outcome)
+        self._wake.set()
+
+    def _schedule(self, delay: float, *, force: bool = False) -> None:
+        with self._lock:
+            if force and self._running_since is not None:
+                # An attempt is under way; run again as soon as it ends.
+                self._hup_pending = True
+                return
+            self._due_monotonic = self.monotonic() + delay
+            self._add_job(delay)
+        if self.refresher.metrics is not None:
+            self.refresher.metrics.next_refresh.set(self.wall() + delay)
+
+    def _add_job(self, delay: float) -> None:
+        run_date = datetime.now(UTC) + timedelta(seconds=delay)
+        self._scheduler.add_job(
+            self._job, "date", run_date=run_date, id=JOB_ID, replace_existing=True
+        )
+
+    def _report(self, outcome: Outcome) -> None:
+        token = self.refresher.token
+        valid = f"token valid until {iso(token.expires_wall)}" if token else "no valid token"
+        if outcome.ok:
+            self._announce_ready()
+            self.notifier.status(f"{valid}; next refresh in {outcome.delay:.0f}s")
+        else:
+            reason = outcome.error.reason if outcome.error else "unknown"
+            self.notifier.status(
+                f"refresh failed ({reason}); retry in {outcome.delay:.0f}s; {valid}"
+            )
+
+    def _announce_ready(self) -> None:
+        if not self._ready_sent:
+            self._ready_sent = True
+            token = self.refresher.token
+            status = f"token valid until {iso(token.expires_wall)}" if token else None
+            self.notifier.ready(status)
+
+    def _install_signals(self) -> dict[int, Any]:
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            self._stop_signal = signum
+            self._wake.set()
+
+        def hup(_signum: int, _frame: FrameType | None) -> None:
+            self._hup = True
+            self._wake.set()
+
+        previous: dict[int, Any] = {}
+        for signum, handler in (
+            (signal.SIGTERM, stop),
+            (signal.SIGINT, stop),
+            (signal.SIGHUP, hup),
+        ):
+            previous[signum] = signal.signal(signum, handler)
+        return previous
+
+    def _shutdown(self) -> int:
+        name = signal.Signals(self._stop_signal).name if self._stop_signal else "error"
+        self.log.info("shutdown", signal=name)
+        self.notifier.stopping()
+        self.refresher.stopping.set()
+        if self._scheduler is not None and self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+        # Wait for a write in progress to finish; none starts after `stopping` is set.
+        finished = self.refresher.write_lock.acquire(timeout=SHUTDOWN_SECONDS)
+        if finished:
+            self.refresher.write_lock.release()
+        for temp in sink.sweep_stale(self.config.token.path):
+            self.log.warning("temp_removed", path=str(temp))
+        with self._lock:
+            busy = self._running_since is not None
+        self.notifier.close()
+        self.refresher.client.close()
+        if busy:
+            # A request is still hanging in the worker thread; nothing of ours is
+            # half-written, so leave without waiting for its timeout.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+        return 0

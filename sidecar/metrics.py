@@ -1,0 +1,105 @@
+"""Every forestreet_sidecar_* metric, declared once on a registry that is passed in."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from sidecar.policy import ERROR_CODES
+
+PREFIX = "forestreet_sidecar"
+LOCAL_REASONS = ("timeout", "connection_error", "invalid_response", "write_error")
+# Statuses an HTTP API plausibly answers without a known errorCode; they are
+# pre-initialised so the series exist from the first scrape. Another status still
+# counts, as http_<status>, and its series appears when it first happens.
+COMMON_STATUSES = (
+    301, 302, 303, 307, 308,
+    400, 401, 403, 404, 405, 406, 408, 409, 410, 413, 415, 422, 429,
+    500, 501, 502, 503, 504,
+)  # fmt: skip
+FAILURE_REASONS = (
+    *sorted(ERROR_CODES),
+    *LOCAL_REASONS,
+    *(f"http_{status}" for status in COMMON_STATUSES),
+)
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def failure_reason_allowed(reason: str) -> bool:
+    """A label value we may emit: the documented set, or http_ and three digits."""
+    if reason in FAILURE_REASONS:
+        return True
+    return reason.startswith("http_") and reason[5:].isdigit() and len(reason) == 8
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry, version: str) -> None:
+        self.registry = registry
+        self.refreshes = Counter(
+            f"{PREFIX}_refreshes",
+            "Refresh attempts by result and reason (ok, an upstream errorCode, or a local cause).",
+            ["result", "reason"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            f"{PREFIX}_refresh_duration_seconds",
+            "Time of one refresh attempt: the request plus the write.",
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.token_expiry = Gauge(
+            f"{PREFIX}_token_expiry_timestamp_seconds",
+            "Unix time at which the token on disk expires (0 while there is none).",
+            registry=registry,
+        )
+        self.last_success = Gauge(
+            f"{PREFIX}_last_success_timestamp_seconds",
+            "Unix time at which the last token was written (0 before the first).",
+            registry=registry,
+        )
+        self.next_refresh = Gauge(
+            f"{PREFIX}_next_refresh_timestamp_seconds",
+            "Unix time of the next scheduled refresh attempt.",
+            registry=registry,
+        )
+        self.consecutive_failures = Gauge(
+            f"{PREFIX}_consecutive_failures",
+            "Failed attempts since the last success.",
+            registry=registry,
+        )
+        self.clock_skew = Gauge(
+            f"{PREFIX}_clock_skew_seconds",
+            "expiresAt minus (local time + expiresIn) at the last success.",
+            registry=registry,
+        )
+        build_info = Gauge(
+            f"{PREFIX}_build_info",
+            "Always 1; the version label names the running build.",
+            ["version"],
+            registry=registry,
+        )
+        build_info.labels(version=version).set(1)
+        self.refreshes.labels(result="success", reason="ok")
+        for reason in FAILURE_REASONS:
+            self.refreshes.labels(result="failure", reason=reason)
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+
+    def success(self, duration: float) -> None:
+        self.refreshes.labels(result="success", reason="ok").inc()
+        self.duration.observe(duration)
+        self.consecutive_failures.set(0)
+
+    def failure(self, reason: str, duration: float, failures: int) -> None:
+        label = reason if failure_reason_allowed(reason) else "invalid_response"
+        self.refreshes.labels(result="failure", reason=label).inc()
+        self.duration.observe(duration)
+        self.consecutive_failures.set(failures)

@@ -1,0 +1,292 @@
+"""One refresh attempt: read the key, fetch a session, write it, record the outcome.
+
+The scheduler, ``once`` and the tests all call ``Refresher.attempt``; it never raises
+for a failed refresh, it returns the decision of what to do next.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from random import Random
+from typing import Any, TypeGuard
+
+from sidecar import sink
+from sidecar.api import ApiClient, Fetched
+from sidecar.config import Config
+from sidecar.errors import CredentialError, EndpointError, RefreshError, TransientError
+from sidecar.logs import REDACTOR
+from sidecar.metrics import Metrics
+from sidecar.policy import Lane, next_refresh, retry_delay
+from sidecar.session import TOKEN_PATTERN, fingerprint, jwt_claims
+
+KEY_HINT = "check that api.key_file (or the key variable / credential) exists and is readable"
+
+
+class Stopping(Exception):  # noqa: N818 - a signal, not an error
+    """Raised inside an attempt when shutdown began before the write."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt did and when the next one is due (seconds from now)."""
+
+    ok: bool
+    delay: float
+    error: RefreshError | None = None
+    lane: Lane | None = None
+
+
+@dataclass(slots=True)
+class TokenOnDisk:
+    """What this process knows about the token file: whose token, and until when."""
+
+    fingerprint: str
+    expires_monotonic: float
+    expires_wall: float
+
+
+class Refresher:
+    def __init__(
+        self,
+        config: Config,
+        client: ApiClient,
+        metrics: Metrics | None,
+        log: Any,
+        *,
+        rng: Random,
+        environ: Mapping[str, str],
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.metrics = metrics
+        self.log = log
+        self.rng = rng
+        self.environ = environ
+        self.monotonic = monotonic
+        self.wall = wall
+        self.failures = 0
+        self.token: TokenOnDisk | None = None
+        self.stopping = threading.Event()
+        # Held across every write, so shutdown can wait for one to finish and bar the next.
+        self.write_lock = threading.Lock()
+
+    def remaining(self) -> float | None:
+        """Seconds the token on disk stays valid, or None when there is none valid."""
+        if self.token is None:
+            return None
+        left = self.token.expires_monotonic - self.monotonic()
+        return left if left > 0 else None
+
+    def attempt(self) -> Outcome:
+        started = self.monotonic()
+        try:
+            fetched = self._fetch()
+            self._write(fetched)
+        except RefreshError as exc:
+            return self._failed(exc, self.monotonic() - started)
+        return self._succeeded(fetched, self.monotonic() - started)
+
+    def _fetch(self) -> Fetched:
+        try:
+            key = self.config.key.read(self.environ)
+        except (OSError, ValueError) as exc:
+            detail = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise CredentialError(
+                "key_unavailable",
+                f"cannot read the API key from {self.config.key.describe()}: {detail}",
+                hint=KEY_HINT,
+            ) from exc
+        REDACTOR.add(key.value)
+        fetched = self.client.fetch(key)
+        REDACTOR.add(fetched.session.access_token)
+        if fetched.session.refresh_token:
+            REDACTOR.add(fetched.session.refresh_token)
+        return fetched
+
+    def _write(self, fetched: Fetched) -> None:
+        token = self.config.token
+        session = fetched.session
+        with self.write_lock:
+            if self.stopping.is_set():
+                raise Stopping
+            sink.write_atomic(
+                token.path, session.access_token.encode(), mode=token.mode, gid=token.gid
+            )
+            self.token = TokenOnDisk(
+                fingerprint=session.fingerprint,
+                expires_monotonic=fetched.sent_monotonic + session.expires_in,
+                expires_wall=fetched.sent_wall + session.expires_in,
+            )
+            if token.session_path is not None:
+                document: dict[str, object] = {
+                    "accessToken": session.access_token,
+                    "expiresIn": session.expires_in,
+                    "obtainedAt": round(fetched.sent_wall, 3),
+                    "expiresAt": round(fetched.sent_wall + session.expires_in, 3),
+                }
+                if token.include_refresh_token and session.refresh_token:
+                    document["refreshToken"] = session.refresh_token
+                sink.write_json_atomic(token.session_path, document, mode=token.mode, gid=token.gid)
+
+    def _succeeded(self, fetched: Fetched, duration: float) -> Outcome:
+        session = fetched.session
+        self.failures = 0
+        plan = next_refresh(session.expires_in, self.config.refresh, self.rng)
+        delay = max(0.0, fetched.sent_monotonic + plan - self.monotonic())
+        expires_wall = fetched.sent_wall + session.expires_in
+        skew = (
+            session.expires_at - (fetched.sent_wall + session.expires_in)
+            if session.expires_at is not None
+            else None
+        )
+        if self.metrics is not None:
+            self.metrics.success(duration)
+            self.metrics.token_expiry.set(expires_wall)
+            self.metrics.last_success.set(self.wall())
+            if skew is not None:
+                self.metrics.clock_skew.set(skew)
+        if session.expires_in < self.config.refresh.min_interval_seconds:
+            self.log.warning(
+                "short_lifetime",
+                expires_in=session.expires_in,
+                min_interval_seconds=self.config.refresh.min_interval_seconds,
+                message="expiresIn is below refresh.min_interval_seconds; "
+                "the token will expire before the next refresh",
+            )
+        self.log.info(
+            "token_refreshed",
+            path=str(self.config.token.path),
+            token_fingerprint=session.fingerprint,
+            expires_in=session.expires_in,
+            expires_at=iso(expires_wall),
+            next_refresh_in=round(delay, 3),
+            clock_skew=None if skew is None else round(skew, 3),
+            duration=round(duration, 4),
+        )
+        return Outcome(ok=True, delay=delay)
+
+    def _failed(self, error: RefreshError, duration: float) -> Outcome:
+        self.failures += 1
+        lane = lane_of(error)
+        retry_after = error.retry_after if isinstance(error, TransientError) else None
+        delay = retry_delay(
+            self.failures,
+            lane,
+            self.config.backoff,
+            self.rng,
+            retry_after=retry_after,
+            remaining=self.remaining(),
+        )
+        if self.metrics is not None:
+            self.metrics.failure(error.reason, duration, self.failures)
+        loud = lane is not Lane.RETRYABLE or error.reason == "write_error"
+        fields: dict[str, object] = {
+            "reason": error.reason,
+            "lane": str(lane),
+            "message": str(error),
+            "retry_in": round(delay, 3),
+            "consecutive_failures": self.failures,
+        }
+        if error.status is not None:
+            fields["status"] = error.status
+        if error.reason.isupper():
+            fields["error_code"] = error.reason
+        if retry_after is not None:
+            fields["retry_after"] = retry_after
+        if error.hint:
+            fields["hint"] = error.hint
+        remaining = self.remaining()
+        fields["token_valid_for"] = None if remaining is None else round(remaining, 3)
+        (self.log.error if loud else self.log.warning)("refresh_failed", **fields)
+        return Outcome(ok=False, delay=delay, error=error, lane=lane)
+
+    def adopt_existing(self) -> float | None:
+        """Keep a still-valid token from an earlier run; return the delay to its refresh.
+
+        Its expiry comes from our own session file (when it describes this very
+        token) or from the token's JWT claims; without either it is not trusted.
+        """
+        token = self.config.token
+        text = sink.read_text(token.path)
+        if text is None or not TOKEN_PATTERN.fullmatch(text):
+            return None
+        now = self.wall()
+        known = self._expiry_from_session(text) or _expiry_from_jwt(text, now)
+        if known is None:
+            return None
+        issued, lifetime, expires = known
+        if expires <= now:
+            return None
+        due = issued + next_refresh(lifetime, self.config.refresh, self.rng)
+        delay = max(0.0, due - now)
+        # A plan that would reach past expiry (a lifetime below min_interval) is pulled in.
+        delay = min(delay, max(0.0, expires - now))
+        self.token = TokenOnDisk(
+            fingerprint=fingerprint(text),
+            expires_monotonic=self.monotonic() + (expires - now),
+            expires_wall=expires,
+        )
+        REDACTOR.add(text)
+        if self.metrics is not None:
+            self.metrics.token_expiry.set(expires)
+            self.metrics.last_success.set(issued)
+        self.log.info(
+            "token_kept",
+            path=str(token.path),
+            token_fingerprint=fingerprint(text),
+            expires_at=iso(expires),
+            next_refresh_in=round(delay, 3),
+        )
+        return delay
+
+    def _expiry_from_session(self, token_text: str) -> tuple[float, float, float] | None:
+        path = self.config.token.session_path
+        if path is None:
+            return None
+        raw = sink.read_text(path)
+        try:
+            data = json.loads(raw) if raw else None
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or data.get("accessToken") != token_text:
+            return None
+        obtained, lifetime = data.get("obtainedAt"), data.get("expiresIn")
+        if not _positive(obtained) or not _positive(lifetime):
+            return None
+        return float(obtained), float(lifetime), float(obtained) + float(lifetime)
+
+
+def _expiry_from_jwt(token_text: str, now: float) -> tuple[float, float, float] | None:
+    claims = jwt_claims(token_text)
+    if claims is None or not _positive(claims.get("exp")):
+        return None
+    expires = float(claims["exp"])
+    issued = claims.get("iat")
+    if _positive(issued) and float(issued) < expires:
+        return float(issued), expires - float(issued), expires
+    return now, expires - now, expires
+
+
+def _positive(value: object) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def lane_of(error: RefreshError) -> Lane:
+    if isinstance(error, CredentialError):
+        return Lane.CREDENTIAL
+    if isinstance(error, EndpointError):
+        return Lane.REQUEST
+    return Lane.RETRYABLE
+
+
+def iso(timestamp: float) -> str:
+    return (
+        datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    )

@@ -1,0 +1,200 @@
+"""Shared fixtures: a real fake API on 127.0.0.1, config files, and the real command."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from sidecar.fake_api import FakeApi
+
+API_KEY = "test-key-0123456789abcdef"
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def fake_api() -> Iterator[FakeApi]:
+    with FakeApi(lifetime=3600.0, seed=7) as api:
+        yield api
+
+
+def write_config(directory: Path, base_url: str, **sections: dict[str, Any]) -> Path:
+    """A config file for a test: our fake API, a token under ``directory``, no server."""
+    document: dict[str, dict[str, Any]] = {
+        "api": {"base_url": base_url, "timeout_seconds": 2},
+        "token": {"path": str(directory / "out" / "token")},
+        "server": {"listen": ""},
+        "backoff": {"initial_seconds": 0.05, "max_seconds": 0.5},
+    }
+    for section, values in sections.items():
+        document.setdefault(section, {}).update(values)
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    return path
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """A clean environment: none of the developer's FORESTREET_* variables leak in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORESTREET")}
+    env.pop("NOTIFY_SOCKET", None)
+    env.pop("CREDENTIALS_DIRECTORY", None)
+    env["FORESTREET_API_KEY"] = API_KEY
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Sidecar:
+    """The real command in a subprocess, with its stdout parsed as JSON log lines."""
+
+    process: subprocess.Popen[str]
+    events: list[dict[str, Any]] = field(default_factory=list)
+    stderr: list[str] = field(default_factory=list)
+    raw: list[str] = field(default_factory=list)
+    _lines: queue.Queue[str] = field(default_factory=queue.Queue)
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.put(line)
+
+    def _pump_err(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.stderr.append(line)
+
+    def _drain(self, timeout: float) -> None:
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            return
+        self.raw.append(line)
+        self.events.append(json.loads(line))
+
+    def wait_event(
+        self, name: str, timeout: float = 10.0, where: Callable[[dict[str, Any]], bool] = bool
+    ) -> dict[str, Any]:
+        """The next event called ``name`` (after those already returned by this method)."""
+        deadline = time.monotonic() + timeout
+        seen = getattr(self, "_seen", 0)
+        while True:
+            for index in range(seen, len(self.events)):
+                event = self.events[index]
+                if event["event"] == name and where(event):
+                    self._seen = index + 1
+                    return event
+            seen = len(self.events)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                names = [e["event"] for e in self.events]
+                raise AssertionError(f"no {name!r} event within {timeout}s; saw {names}")
+            self._drain(min(left, 0.2))
+
+    def count(self, name: str) -> int:
+        while not self._lines.empty():
+            self._drain(0)
+        return sum(1 for e in self.events if e["event"] == name)
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 10.0) -> int:
+        code = self.process.wait(timeout)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and (self.process.stdout and not self._lines.empty()):
+            self._drain(0.05)
+        for thread in self._threads:
+            thread.join(2)
+        while not self._lines.empty():
+            self._drain(0)
+        return code
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+        for thread in self._threads:
+            thread.join(2)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+
+def start_sidecar(args: list[str], env: dict[str, str], cwd: Path | None = None) -> Sidecar:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=cwd,
+    )
+    sidecar = Sidecar(process)
+    for target in (sidecar._pump, sidecar._pump_err):
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        sidecar._threads.append(thread)
+    return sidecar
+
+
+@pytest.fixture
+def sidecars() -> Iterator[Callable[..., Sidecar]]:
+    """Start the real command; every process started is killed at the end of the test."""
+    started: list[Sidecar] = []
+
+    def start(
+        args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> Sidecar:
+        sidecar = start_sidecar(args, env or base_env(), cwd)
+        started.append(sidecar)
+        return sidecar
+
+    yield start
+    for sidecar in started:
+        sidecar.stop()
+
+
+def run_command(
+    args: list[str], env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", *args],
+        capture_output=True,
+        text=True,
+        env=env or base_env(),
+        timeout=timeout,
+        check=False,
+    )
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def get(url: str, timeout: float = 5) -> requests.Response:
+    with requests.Session() as session:
+        return session.get(url, timeout=timeout)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(interval)
