@@ -55,7 +55,6 @@ class ApiClient:
         self._wall = wall
         self._http = requests.Session()
         self._http.verify = str(config.ca_bundle) if config.ca_bundle else True
-        self._http.max_redirects = 0
         # .netrc would let requests add an Authorization header the operator never chose.
         self._http.trust_env = False
         self._http.headers.update(

@@ -483,6 +483,9 @@ def _resolve_group(
     if group is None:
         return None
     if group.isdigit():
+        if int(group) >= 2**32 - 1:  # (gid_t)-1 means "leave unchanged" to chown
+            problems.add("token.group", f"gid {group} is out of range", sources["token.group"])
+            return None
         return int(group)
     try:
         return grp.getgrnam(group).gr_gid

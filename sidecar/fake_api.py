@@ -40,7 +40,6 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 __all__ = [
     "ERROR_CODES",
@@ -157,6 +156,13 @@ def _jwt(typ: str, iat: int, lifetime: float) -> str:
             _b64url(secrets.token_bytes(32)),
         )
     )
+
+
+def _expires_at(when: float, unit: str) -> int | float:
+    if unit == "s":
+        return _number(when)
+    # A scripted non-finite lifetime must reach the client as NaN/Infinity, not crash the fake.
+    return round(when * 1000) if math.isfinite(when) else when
 
 
 def _error_body(code: str, status: int) -> bytes:
@@ -379,7 +385,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         fake = self.fake
-        path = urlsplit(self.path).path
+        path = self.path.partition("?")[0]
         body = self._read_body()
         key = self.headers.get("x-api-key")
         fake._record(Recorded(self.command, path, key, time.monotonic()))
@@ -410,7 +416,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return "aborted"
         status = answer.effective_status
-        body = fake._render(answer, status)
+        body = fake._render(answer, status, served=self.command != "HEAD")
         if answer.reset and not body:
             self._reset()
             return "reset"
@@ -557,10 +563,12 @@ class FakeApi:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def serve_forever_until_signal(self) -> None:
-        """Serve until SIGTERM or SIGINT (main thread only), then stop and restore the handlers."""
-        if self._server is None:
-            self.start()
+    def serve_forever_until_signal(self, ready: Callable[[], None] | None = None) -> None:
+        """Serve until SIGTERM or SIGINT (main thread only), then stop and restore the handlers.
+
+        ``ready`` is called once the handlers are in place: a caller that announces the address
+        from it cannot be killed by a signal sent in reply to that announcement.
+        """
         received = threading.Event()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -568,6 +576,10 @@ class FakeApi:
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
+            if self._server is None:
+                self.start()
+            if ready is not None:
+                ready()
             while not received.wait(0.5):
                 pass
         finally:
@@ -639,7 +651,7 @@ class FakeApi:
             )
         return Answer(delay=self._delay)
 
-    def _render(self, answer: Answer, status: int) -> bytes:
+    def _render(self, answer: Answer, status: int, *, served: bool = True) -> bytes:
         if answer.body is not None:
             return answer.body
         if answer.error_code is not None:
@@ -647,10 +659,10 @@ class FakeApi:
         if status == 204:
             return b""
         if 200 <= status < 300:
-            return self._session_body(answer)
+            return self._session_body(answer, served=served and not answer.reset)
         return _compact_json({"success": False, "message": _reason(status)})
 
-    def _session_body(self, answer: Answer) -> bytes:
+    def _session_body(self, answer: Answer, *, served: bool) -> bytes:
         lifetime = self._lifetime if answer.lifetime is None else answer.lifetime
         now = self._clock()
         iat = math.floor(now)
@@ -661,16 +673,14 @@ class FakeApi:
             "accessToken": access,
             "refreshToken": refresh,
             "expiresIn": _number(lifetime),
-            "expiresAt": (
-                round(expires_at * 1000) if self._expires_at_unit == "ms" else _number(expires_at)
-            ),
+            "expiresAt": _expires_at(expires_at, self._expires_at_unit),
         }
         payload.update(answer.extra_fields or {})
         for name in answer.omit_fields:
             payload.pop(name, None)
-        # Recorded before sending so a test that has just read the answer always finds it; a reset
-        # answer never reaches the client whole, so it does not count as served.
-        if not answer.reset:
+        # Recorded before sending so a test that has just read the answer always finds it; neither
+        # a reset answer nor a HEAD delivers the tokens, so they do not count as served.
+        if served:
             with self._lock:
                 self._state.issued.append(access)
                 self._state.issued_refresh.append(refresh)
@@ -868,6 +878,6 @@ def run(args: argparse.Namespace) -> int:
         reason = exc.strerror or str(exc)
         _stderr_line(f"fake-api: cannot listen on {args.host}:{args.port}: {reason}")
         return 1
-    _stderr_line(f"fake-api listening on {api.url} (lifetime {_number(args.lifetime)}s)")
-    api.serve_forever_until_signal()
+    listening = f"fake-api listening on {api.url} (lifetime {_number(args.lifetime)}s)"
+    api.serve_forever_until_signal(ready=lambda: _stderr_line(listening))
     return 0

@@ -162,6 +162,7 @@ def test_head_sends_the_headers_of_get_without_a_body(
     assert response.status_code == 200
     assert int(response.headers["Content-Length"]) > 0
     assert response.content == b""
+    assert api.issued == []  # a HEAD delivers no token
 
 
 # -- the key -----------------------------------------------------------------------------------
@@ -342,6 +343,20 @@ def test_lifetime_override_applies_to_one_answer(
         pytest.approx(0.25)
     )
     assert fetch(http_session, api).json()["expiresIn"] == 3600
+
+
+@pytest.mark.parametrize("lifetime", ["Infinity", "NaN", "-5", "0"])
+def test_invalid_lifetimes_can_be_scripted(
+    api: FakeApi, http_session: requests.Session, lifetime: str
+) -> None:
+    """A scripted non-finite or non-positive lifetime reaches the client as sent."""
+    posted = http_session.post(
+        api.url + "/_fake/script", data=f'[{{"lifetime": {lifetime}}}]', timeout=5
+    )
+    assert posted.status_code == 204
+    response = fetch(http_session, api)
+    assert response.status_code == 200
+    assert f'"expiresIn":{lifetime}' in response.text
 
 
 def test_extra_fields_override_and_omit_fields_remove(
@@ -719,8 +734,9 @@ def fake_api_process(*argv: str) -> Iterator[subprocess.Popen[bytes]]:
                 proc.wait(5)
 
 
-def test_cli_serves_logs_without_secrets_and_exits_0_on_sigterm(
-    http_session: requests.Session,
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_cli_serves_logs_without_secrets_and_exits_0_on_signal(
+    http_session: requests.Session, signum: signal.Signals
 ) -> None:
     with fake_api_process("--port", "0", "--lifetime", "90", "--expires-at-unit", "s") as proc:
         assert proc.stderr is not None
@@ -736,10 +752,11 @@ def test_cli_serves_logs_without_secrets_and_exits_0_on_sigterm(
         assert response.json()["expiresIn"] == 90
         assert lines.next() == "GET /v2/auth/session 200 ok"
         http_session.close()  # an open keep-alive connection must not delay the exit
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         stdout, rest = proc.communicate(timeout=5)
     assert proc.returncode == 0
     assert stdout == b""
+    assert b"Traceback" not in rest
     assert KEY not in rest.decode()
     assert token not in rest.decode()
 
