@@ -66,7 +66,9 @@ class Daemon:
         now = self.monotonic()
         with self._lock:
             running_since, due = self._running_since, self._due_monotonic
-        if self._scheduler is None or not self._scheduler.running:
+        if self._scheduler is None:
+            return True, {"status": "starting"}
+        if not self._scheduler.running:
             return False, {"status": "stopped", "reason": "scheduler is not running"}
         if running_since is not None and now - running_since > self._stuck_after:
             late = round(now - running_since, 1)
