@@ -28,6 +28,8 @@ JOB_ID = "refresh"
 SHUTDOWN_SECONDS = 4.0
 # A job may fire this much early or late before the main thread steps in.
 CLOCK_SLACK_SECONDS = 0.5
+# Beyond its own deadline (twice the timeout), an attempt this late means a stuck loop.
+STUCK_SLACK_SECONDS = 10.0
 
 
 class Daemon:
@@ -57,7 +59,7 @@ class Daemon:
         self._ready_sent = False
         self._scheduler: Any = None
         # Time an attempt may take before the loop counts as stuck.
-        self._stuck_after = 2 * config.api.timeout_seconds + 30.0
+        self._stuck_after = 2 * config.api.timeout_seconds + STUCK_SLACK_SECONDS
 
     # -- probes -------------------------------------------------------------
 

@@ -137,19 +137,32 @@ def retry_delay(
     Retryable errors use full-jitter exponential backoff, never sooner than the
     server's ``Retry-After``; credential and request errors take the slow lane
     (``max_seconds`` ± 10 %). While the token on disk is still valid for
-    ``remaining`` seconds, a delay that would reach expiry is cut to half the
-    remaining time, so one more attempt happens before the token expires; halving
-    stops once that would space attempts closer than ``initial_seconds``.
+    ``remaining`` seconds, a delay that would reach expiry is redrawn from
+    ``[remaining/4, remaining/2]`` so one more attempt happens before the token
+    expires. That rescue stops once attempts would come closer together than
+    ``pre_expiry_floor``, so a fleet near expiry does not pile retries into the
+    last seconds.
     """
     if lane is Lane.RETRYABLE:
-        delay = rng.uniform(0.0, backoff_ceiling(failures, backoff))
+        ceiling = backoff_ceiling(failures, backoff)
+        delay = rng.uniform(0.0, ceiling)
         if retry_after is not None:
             delay = max(delay, min(retry_after, RETRY_AFTER_CAP_SECONDS))
     else:
-        delay = backoff.max_seconds * rng.uniform(1 - SLOW_LANE_JITTER, 1 + SLOW_LANE_JITTER)
-    if remaining is not None and delay >= remaining and remaining / 2 >= backoff.initial_seconds:
-        delay = remaining / 2
+        ceiling = backoff.max_seconds
+        delay = ceiling * rng.uniform(1 - SLOW_LANE_JITTER, 1 + SLOW_LANE_JITTER)
+    if (
+        remaining is not None
+        and delay >= remaining
+        and remaining / 2 >= pre_expiry_floor(ceiling, backoff)
+    ):
+        delay = rng.uniform(remaining / 4, remaining / 2)
     return delay
+
+
+def pre_expiry_floor(ceiling: float, backoff: BackoffPolicy) -> float:
+    """The closest spacing of the extra attempts made before a valid token expires."""
+    return max(backoff.initial_seconds, ceiling / 10)
 
 
 def backoff_ceiling(failures: int, backoff: BackoffPolicy) -> float:

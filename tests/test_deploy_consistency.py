@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +26,39 @@ DEPLOY_DOC = REPO / "docs" / "deploy.md"
 DEPLOY_ALERTS = REPO / "deploy" / "prometheus" / "alerts.yaml"
 CHART_ALERTS = CHART / "files" / "alerts.yaml"
 
+
+@dataclass(frozen=True, slots=True)
+class SpecDefaults:
+    uid: int
+    gid: int
+    port: int
+    listen: str
+    token_path: str
+    token_mode: str
+    config_path: str
+    key_path: str
+    systemd_runtime_directory: str
+    systemd_token_path: str
+    credential: str
+    version: str
+
+
 # The SPEC defaults ("Configuration" table and "Deployment artifacts"), stated once. The daemon's
 # own defaults live in sidecar.config; config.example.yaml documents them and is checked below.
-SPEC = {
-    "uid": 10001,
-    "gid": 10001,
-    "port": 9877,
-    "listen": "0.0.0.0:9877",
-    "token_path": "/var/run/forestreet/token",
-    "token_mode": "0640",
-    "config_path": "/etc/forestreet-sidecar/config.yaml",
-    "key_path": "/var/run/secrets/forestreet/api-key",
-    "systemd_runtime_directory": "forestreet",
-    "systemd_token_path": "/run/forestreet/token",
-    "credential": "forestreet-api-key",
-    "version": "0.1.0",
-}
+SPEC = SpecDefaults(
+    uid=10001,
+    gid=10001,
+    port=9877,
+    listen="0.0.0.0:9877",
+    token_path="/var/run/forestreet/token",
+    token_mode="0640",
+    config_path="/etc/forestreet-sidecar/config.yaml",
+    key_path="/var/run/secrets/forestreet/api-key",
+    systemd_runtime_directory="forestreet",
+    systemd_token_path="/run/forestreet/token",
+    credential="forestreet-api-key",
+    version="0.1.0",
+)
 
 Doc = dict[str, Any]
 
@@ -81,7 +99,8 @@ def pod_spec() -> Doc:
 
 def sidecar() -> Doc:
     (c,) = [c for c in pod_spec()["initContainers"] if c["name"] == "forestreet-sidecar"]
-    return c
+    container: Doc = c
+    return container
 
 
 def chart_config() -> Doc:
@@ -109,52 +128,52 @@ def unit(key: str) -> list[str]:
 
 def test_uid_and_gid_agree_across_image_and_chart() -> None:
     """Dockerfile USER = chart runAsUser/runAsGroup (pod and sidecar) = fsGroup = token.group."""
-    assert dockerfile("USER") == [f"{SPEC['uid']}:{SPEC['gid']}"]
+    assert dockerfile("USER") == [f"{SPEC.uid}:{SPEC.gid}"]
     psc = pod_spec()["securityContext"]
     sc = sidecar()["securityContext"]
     assert (psc["runAsUser"], psc["runAsGroup"], psc["fsGroup"]) == (
-        SPEC["uid"],
-        SPEC["gid"],
-        SPEC["gid"],
+        SPEC.uid,
+        SPEC.gid,
+        SPEC.gid,
     )
-    assert (sc["runAsUser"], sc["runAsGroup"]) == (SPEC["uid"], SPEC["gid"])
-    assert chart_config()["token"]["group"] == str(SPEC["gid"])
+    assert (sc["runAsUser"], sc["runAsGroup"]) == (SPEC.uid, SPEC.gid)
+    assert chart_config()["token"]["group"] == str(SPEC.gid)
     runs = " ".join(dockerfile("RUN"))
-    assert f"--uid {SPEC['uid']} --gid {SPEC['gid']}" in runs
+    assert f"--uid {SPEC.uid} --gid {SPEC.gid}" in runs
 
 
 def test_port_agrees_across_image_chart_and_daemon_default() -> None:
     """EXPOSE = container port = probe ports = server.listen, all 9877."""
-    assert dockerfile("EXPOSE") == [str(SPEC["port"])]
+    assert dockerfile("EXPOSE") == [str(SPEC.port)]
     c = sidecar()
-    assert c["ports"][0]["containerPort"] == SPEC["port"]
+    assert c["ports"][0]["containerPort"] == SPEC.port
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert c[probe]["httpGet"]["port"] == SPEC["port"]
-    assert chart_config()["server"]["listen"] == SPEC["listen"]
-    assert unit("SocketBindAllow") == [f"tcp:{SPEC['port']}"]
+        assert c[probe]["httpGet"]["port"] == SPEC.port
+    assert chart_config()["server"]["listen"] == SPEC.listen
+    assert unit("SocketBindAllow") == [f"tcp:{SPEC.port}"]
 
 
 def test_token_path_agrees_across_chart_image_and_unit() -> None:
     """The chart writes and mounts /var/run/forestreet/token; the unit uses /run/forestreet/token."""
-    token_dir = str(Path(SPEC["token_path"]).parent)
-    assert chart_config()["token"]["path"] == SPEC["token_path"]
+    token_dir = str(Path(SPEC.token_path).parent)
+    assert chart_config()["token"]["path"] == SPEC.token_path
     mounts = [m for c in pod_spec()["containers"] for m in c["volumeMounts"]]
     mounts += sidecar()["volumeMounts"]
     assert {m["mountPath"] for m in mounts if m["name"] == "forestreet-token"} == {token_dir}
-    assert f"/var/run/forestreet" in " ".join(dockerfile("RUN"))
-    assert unit("RuntimeDirectory") == [SPEC["systemd_runtime_directory"]]
-    assert f"FORESTREET_SIDECAR_TOKEN_PATH={SPEC['systemd_token_path']}" in unit("Environment")
-    assert SPEC["systemd_token_path"] == f"/run/{SPEC['systemd_runtime_directory']}/token"
+    assert "/var/run/forestreet" in " ".join(dockerfile("RUN"))
+    assert unit("RuntimeDirectory") == [SPEC.systemd_runtime_directory]
+    assert f"FORESTREET_SIDECAR_TOKEN_PATH={SPEC.systemd_token_path}" in unit("Environment")
+    assert SPEC.systemd_token_path == f"/run/{SPEC.systemd_runtime_directory}/token"
 
 
 def test_token_mode_is_0640_in_the_chart() -> None:
     """The chart's config writes the token with mode "0640" (a string)."""
-    assert chart_config()["token"]["mode"] == SPEC["token_mode"]
+    assert chart_config()["token"]["mode"] == SPEC.token_mode
 
 
 def test_config_path_agrees_across_chart_and_unit() -> None:
     """The chart mounts config.yaml where --config points; the unit passes the same path."""
-    config_path = Path(SPEC["config_path"])
+    config_path = Path(SPEC.config_path)
     assert f"--config={config_path}" in sidecar()["args"]
     mounts = {m["name"]: m["mountPath"] for m in sidecar()["volumeMounts"]}
     assert mounts["forestreet-config"] == str(config_path.parent)
@@ -166,31 +185,31 @@ def test_config_path_agrees_across_chart_and_unit() -> None:
 
 def test_api_key_path_agrees_between_mount_and_config() -> None:
     """api.key_file is the file the Secret volume projects; the unit loads the credential name."""
-    key_path = Path(SPEC["key_path"])
+    key_path = Path(SPEC.key_path)
     assert chart_config()["api"]["key_file"] == str(key_path)
     mounts = {m["name"]: m["mountPath"] for m in sidecar()["volumeMounts"]}
     assert mounts["forestreet-api-key"] == str(key_path.parent)
     (vol,) = [v for v in pod_spec()["volumes"] if v["name"] == "forestreet-api-key"]
     assert [i["path"] for i in vol["secret"]["items"]] == [key_path.name]
-    assert [c.split(":")[0] for c in unit("LoadCredential")] == [SPEC["credential"]]
+    assert [c.split(":")[0] for c in unit("LoadCredential")] == [SPEC.credential]
 
 
 def test_versions_agree() -> None:
     """Package version = chart appVersion = image tag in values = the image's version label."""
     init = (REPO / "sidecar" / "__init__.py").read_text()
-    assert f'__version__ = "{SPEC["version"]}"' in init
+    assert f'__version__ = "{SPEC.version}"' in init
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    assert chart["appVersion"] == SPEC["version"]
-    assert sidecar()["image"].endswith(f":{SPEC['version']}")
-    assert f"VERSION={SPEC['version']}" in dockerfile("ARG")
+    assert chart["appVersion"] == SPEC.version
+    assert sidecar()["image"].endswith(f":{SPEC.version}")
+    assert f"VERSION={SPEC.version}" in dockerfile("ARG")
 
 
 def test_config_example_documents_the_same_defaults() -> None:
     """config.example.yaml (the daemon's documented defaults) agrees with the SPEC constants."""
     example = yaml.safe_load((REPO / "config.example.yaml").read_text())
-    assert example["token"]["path"] == SPEC["token_path"]
-    assert example["token"]["mode"] == SPEC["token_mode"]
-    assert example["server"]["listen"] == SPEC["listen"]
+    assert example["token"]["path"] == SPEC.token_path
+    assert example["token"]["mode"] == SPEC.token_mode
+    assert example["server"]["listen"] == SPEC.listen
 
 
 def test_chart_alerts_match_deploy_rules() -> None:

@@ -100,7 +100,8 @@ def pod_spec(docs: tuple[Doc, ...]) -> Doc:
 
 def sidecar_container(spec: Doc) -> Doc:
     (c,) = [c for c in spec.get("initContainers", []) if c["name"] == SIDECAR]
-    return c
+    container: Doc = c
+    return container
 
 
 def app_containers(spec: Doc) -> list[Doc]:
@@ -115,7 +116,8 @@ def all_containers(spec: Doc) -> Iterator[Doc]:
 
 def volume(spec: Doc, name: str) -> Doc:
     (v,) = [v for v in spec["volumes"] if v["name"] == name]
-    return v
+    found: Doc = v
+    return found
 
 
 def mounts_of(container: Doc, volume_name: str) -> list[Doc]:

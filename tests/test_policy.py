@@ -162,12 +162,19 @@ def test_retry_after_is_a_lower_bound_that_may_exceed_the_cap() -> None:
     )
 
 
-def test_a_valid_token_pulls_a_long_delay_in_to_half_its_remaining_life() -> None:
+def test_a_valid_token_pulls_a_long_delay_in_before_expiry() -> None:
     rng = Random(4)
-    delay = retry_delay(1, Lane.CREDENTIAL, DEFAULT_BACKOFF, rng, remaining=120)
-    assert delay == 60
-    delay = retry_delay(1, Lane.RETRYABLE, DEFAULT_BACKOFF, rng, retry_after=600, remaining=100)
-    assert delay == 50
+    for _ in range(200):
+        assert 30 <= retry_delay(1, Lane.CREDENTIAL, DEFAULT_BACKOFF, rng, remaining=120) <= 60
+        delay = retry_delay(1, Lane.RETRYABLE, DEFAULT_BACKOFF, rng, retry_after=600, remaining=100)
+        assert 25 <= delay <= 50
+
+
+def test_no_rescue_attempts_closer_together_than_the_floor() -> None:
+    """At the cap (300 s) the floor is 30 s: with 50 s left, no extra attempt is squeezed in."""
+    rng = Random(8)
+    delay = retry_delay(20, Lane.RETRYABLE, DEFAULT_BACKOFF, rng, retry_after=200, remaining=50)
+    assert delay == 200
 
 
 backoffs = st.builds(
@@ -208,12 +215,12 @@ def test_with_a_valid_token_an_attempt_always_fits_before_expiry(
     remaining: float,
     seed: int,
 ) -> None:
-    """Halving stops once attempts would come closer than initial_seconds apart."""
+    """The rescue stops once attempts would come closer than the floor (at most max/10)."""
     delay = retry_delay(
         failures, lane, backoff, Random(seed), retry_after=retry_after, remaining=remaining
     )
     assert delay >= 0
-    if remaining >= 2 * backoff.initial_seconds:
+    if remaining >= 2 * max(backoff.initial_seconds, backoff.max_seconds / 10):
         assert delay < remaining
 
 

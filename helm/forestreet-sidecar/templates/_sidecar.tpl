@@ -69,7 +69,7 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- else if $k.value }}
 {{- include "forestreet-sidecar.resourceName" . }}
 {{- else }}
-{{- fail "forestreet-sidecar: no API key: set apiKey.existingSecret (the name of a Secret you created, recommended) or apiKey.value (e.g. --set apiKey.value=$FORESTREET_API_KEY)" }}
+{{- fail "forestreet-sidecar: no API key: set apiKey.existingSecret (the name of a Secret you created, recommended) or apiKey.value (e.g. --set-file apiKey.value=./api-key)" }}
 {{- end }}
 {{- end }}
 

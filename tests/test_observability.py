@@ -1,0 +1,275 @@
+"""Metrics, probes and systemd notify, observed from outside a real `run` process."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from sidecar import __version__
+from sidecar.fake_api import Answer, FakeApi
+from sidecar.metrics import FAILURE_REASONS
+from tests.conftest import Sidecar, base_env, get, wait_until, write_config
+
+Start = Callable[..., Sidecar]
+PREFIX = "forestreet_sidecar_"
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the exposition, parsed by prometheus_client's own parser."""
+    samples = {}
+    for family in text_string_to_metric_families(get(url + "/metrics").text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    return samples[(PREFIX + name, tuple(sorted(labels.items())))]
+
+
+def refreshes(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], result: str, reason: str
+) -> float:
+    return value(samples, "refreshes_total", result=result, reason=reason)
+
+
+def start_listening(
+    start: Start, config: Path, env: dict[str, str] | None = None
+) -> tuple[Sidecar, str]:
+    sidecar = start(["--config", str(config), "run"], env or base_env())
+    return sidecar, "http://" + sidecar.wait_event("started")["listen"]
+
+
+def test_every_series_exists_from_the_first_scrape(tmp_path: Path, sidecars: Start) -> None:
+    with FakeApi() as api:
+        api.script(Answer(delay=1))
+        config = write_config(tmp_path, api.url, server={"listen": "127.0.0.1:0"})
+        _, url = start_listening(sidecars, config)
+        samples = scrape(url)
+    assert refreshes(samples, "success", "ok") == 0
+    for reason in FAILURE_REASONS:
+        assert refreshes(samples, "failure", reason) == 0
+    assert value(samples, "build_info", version=__version__) == 1
+    assert value(samples, "token_expiry_timestamp_seconds") == 0
+    assert value(samples, "consecutive_failures") == 0
+    assert ("process_resident_memory_bytes", ()) in samples
+    assert ("python_info", ()) in {(n, ()) for n, _ in samples}
+
+
+def test_values_follow_a_scripted_failure_then_success_sequence(
+    tmp_path: Path, sidecars: Start
+) -> None:
+    with FakeApi(lifetime=3600, expires_at_unit="ms") as api:
+        session_path = tmp_path / "out" / "session.json"
+        config = write_config(
+            tmp_path,
+            api.url,
+            api={"timeout_seconds": 0.5},
+            server={"listen": "127.0.0.1:0"},
+            token={"session_path": str(session_path)},
+            backoff={"initial_seconds": 0.05, "max_seconds": 0.2},
+        )
+        sidecar, url = start_listening(sidecars, config)
+        first = sidecar.wait_event("token_refreshed")
+        samples = scrape(url)
+        assert refreshes(samples, "success", "ok") == 1
+        expiry = json.loads(session_path.read_text())["expiresAt"]
+        assert value(samples, "token_expiry_timestamp_seconds") == pytest.approx(expiry, abs=0.01)
+        assert value(samples, "last_success_timestamp_seconds") == pytest.approx(time.time(), abs=5)
+        next_refresh = value(samples, "next_refresh_timestamp_seconds")
+        assert next_refresh - time.time() == pytest.approx(first["next_refresh_in"], abs=3)
+        assert abs(value(samples, "clock_skew_seconds")) < 1
+
+        script = [
+            (Answer(error_code="SERVICE_UNAVAILABLE", status=400), "SERVICE_UNAVAILABLE"),
+            (Answer(error_code="LIMIT_EXCEEDED", status=401), "LIMIT_EXCEEDED"),
+            (Answer(error_code="INVALID_CREDENTIALS"), "INVALID_CREDENTIALS"),
+            (Answer(error_code="NOT_FOUND"), "NOT_FOUND"),
+            (Answer(status=502, body=b"bad gateway"), "http_502"),
+            (Answer(status=418, body=b""), "http_418"),
+            (Answer(body=b"{}"), "invalid_response"),
+            (Answer(delay=2), "timeout"),
+            (Answer(reset=True), "connection_error"),
+        ]
+        api.script(*(answer for answer, _ in script))
+        sidecar.signal(signal.SIGHUP)
+        for count, (_, reason) in enumerate(script, start=1):
+            failed = sidecar.wait_event("refresh_failed", timeout=10)
+            assert failed["reason"] == reason
+            assert failed["consecutive_failures"] == count
+        after_failures = scrape(url)
+        sidecar.wait_event("token_refreshed", timeout=10)
+        samples = scrape(url)
+
+    for _, reason in script:
+        assert refreshes(samples, "failure", reason) == 1, reason
+    assert refreshes(samples, "success", "ok") == 2
+    assert value(after_failures, "consecutive_failures") in (len(script), 0)
+    assert value(samples, "consecutive_failures") == 0
+    assert value(samples, "refresh_duration_seconds_count") == len(script) + 2
+    # The token on disk did not change while failing: its expiry gauge held still.
+    assert value(after_failures, "token_expiry_timestamp_seconds") == pytest.approx(
+        expiry, abs=0.01
+    )
+    new_expiry = json.loads(session_path.read_text())["expiresAt"]
+    assert value(samples, "token_expiry_timestamp_seconds") == pytest.approx(new_expiry, abs=0.01)
+    assert new_expiry > expiry
+
+
+def test_sighup_moves_next_refresh(tmp_path: Path, fake_api: FakeApi, sidecars: Start) -> None:
+    config = write_config(tmp_path, fake_api.url, server={"listen": "127.0.0.1:0"})
+    sidecar, url = start_listening(sidecars, config)
+    sidecar.wait_event("token_refreshed")
+    before = value(scrape(url), "next_refresh_timestamp_seconds")
+    sidecar.signal(signal.SIGHUP)
+    second = sidecar.wait_event("token_refreshed")
+    after = value(scrape(url), "next_refresh_timestamp_seconds")
+    assert after != before
+    assert after - time.time() == pytest.approx(second["next_refresh_in"], abs=3)
+
+
+def test_a_write_error_is_counted_and_the_daemon_recovers(
+    tmp_path: Path, fake_api: FakeApi, sidecars: Start
+) -> None:
+    config = write_config(
+        tmp_path,
+        fake_api.url,
+        server={"listen": "127.0.0.1:0"},
+        backoff={"initial_seconds": 0.3, "max_seconds": 0.6},
+    )
+    sidecar, url = start_listening(sidecars, config)
+    sidecar.wait_event("token_refreshed")
+    token = tmp_path / "out" / "token"
+    token.unlink()
+    token.mkdir()  # a directory where the file goes: the rename must fail
+    sidecar.signal(signal.SIGHUP)
+    failed = sidecar.wait_event("refresh_failed")
+    assert failed["reason"] == "write_error"
+    assert failed["level"] == "error"
+    assert refreshes(scrape(url), "failure", "write_error") >= 1
+    assert get(url + "/healthz").status_code == 200
+    token.rmdir()
+    sidecar.wait_event("token_refreshed", timeout=10)
+    assert token.read_text() == fake_api.issued[-1]
+    assert [p.name for p in token.parent.iterdir()] == ["token"]
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(10)
+    yield sock, path
+    sock.close()
+
+
+def receive(sock: socket.socket) -> tuple[float, str]:
+    data = sock.recv(4096).decode()
+    return time.monotonic(), data
+
+
+def test_notify_sequence_and_watchdog_cadence(
+    tmp_path: Path, fake_api: FakeApi, sidecars: Start, notify_socket: tuple[socket.socket, str]
+) -> None:
+    sock, path = notify_socket
+    fake_api.script(Answer(delay=0.5))
+    config = write_config(tmp_path, fake_api.url)
+    token = tmp_path / "out" / "token"
+    env = base_env(NOTIFY_SOCKET=path, WATCHDOG_USEC="400000", WATCHDOG_PID=str(os.getpid()))
+    # WATCHDOG_PID names another process: the watchdog is not ours to feed.
+    sidecar = sidecars(["--config", str(config), "run"], env)
+    messages = [receive(sock)]
+    assert messages[0][1].startswith("READY=1")
+    assert token.exists()  # READY only once the token is on disk
+    sidecar.signal(signal.SIGTERM)
+    assert sidecar.wait() == 0
+    while True:
+        try:
+            messages.append(receive(sock))
+        except TimeoutError:
+            break
+        if messages[-1][1].startswith("STOPPING=1"):
+            break
+    assert not any(m == "WATCHDOG=1" for _, m in messages)
+
+    env["WATCHDOG_PID"] = ""
+    del env["WATCHDOG_PID"]
+    sidecar = sidecars(["--config", str(config), "run"], env)
+    pings: list[float] = []
+    seen: list[str] = []
+    while len(pings) < 6:
+        at, message = receive(sock)
+        seen.append(message)
+        if message == "WATCHDOG=1":
+            pings.append(at)
+    assert any(m.startswith("READY=1\nSTATUS=token valid until") for m in seen)
+    gaps = [b - a for a, b in itertools.pairwise(pings[1:])]
+    assert all(0.1 <= gap <= 0.5 for gap in gaps), gaps  # half of 0.4 s
+    # The second run kept the first run's token; SIGHUP makes it fetch a new one.
+    sidecar.signal(signal.SIGHUP)
+    wait_until(lambda: len(fake_api.issued) >= 2)
+    sidecar.signal(signal.SIGTERM)
+    assert sidecar.wait() == 0
+    rest = []
+    while True:
+        try:
+            rest.append(receive(sock)[1])
+        except TimeoutError:
+            break
+        if rest[-1].startswith("STOPPING=1"):
+            break
+    assert any(m.startswith("STATUS=token valid until") for m in rest)
+    assert rest[-1].startswith("STOPPING=1")
+
+
+@pytest.mark.slow
+def test_a_stuck_loop_fails_healthz_and_stops_the_watchdog(
+    tmp_path: Path, fake_api: FakeApi, sidecars: Start, notify_socket: tuple[socket.socket, str]
+) -> None:
+    """The key file becomes a FIFO nobody writes: the attempt blocks reading it for ever."""
+    sock, path = notify_socket
+    key_file = tmp_path / "key"
+    key_file.write_text("a-key-for-this-test")
+    config = write_config(
+        tmp_path,
+        fake_api.url,
+        api={"key_file": str(key_file), "timeout_seconds": 0.5},
+        server={"listen": "127.0.0.1:0"},
+    )
+    env = base_env(NOTIFY_SOCKET=path, WATCHDOG_USEC="1000000")
+    sidecar, url = start_listening(sidecars, config, env)
+    sidecar.wait_event("token_refreshed")
+    assert get(url + "/healthz").status_code == 200
+    fifo = tmp_path / "key.fifo"
+    os.mkfifo(fifo)
+    fifo.replace(key_file)
+    sidecar.signal(signal.SIGHUP)
+    # The attempt may take twice the timeout; 10 s beyond that the loop counts as stuck.
+    wait_until(lambda: get(url + "/healthz").status_code == 503, timeout=20, interval=0.5)
+    assert "stuck" in get(url + "/healthz").json()["status"]
+    assert get(url + "/readyz").status_code == 200  # the token itself is still fine
+    sock.settimeout(0.1)
+    while True:  # drain what was sent before the loop counted as stuck
+        try:
+            sock.recv(4096)
+        except TimeoutError:
+            break
+    sock.settimeout(2)
+    with pytest.raises(TimeoutError):
+        while True:
+            if sock.recv(4096) == b"WATCHDOG=1":
+                break
+    sidecar.signal(signal.SIGTERM)
+    assert sidecar.wait(5) == 0
