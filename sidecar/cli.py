@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from random import Random
 from types import FrameType
@@ -26,7 +27,7 @@ COMMANDS = ("run", "once", "check-config", "fake-api")
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     env = os.environ if environ is None else environ
-    parser = _parser()
+    parser = _parser(with_fake_api="fake-api" in args_list)
     # `run` is the default command; insert it after the global options.
     if not any(arg in COMMANDS for arg in args_list) and not {"-h", "--help", "--version"} & set(
         args_list
@@ -54,7 +55,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return EXIT_FAILURE
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(*, with_fake_api: bool) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="forestreet-sidecar",
         description="Keeps a fresh Forestreet session token on disk.",
@@ -82,9 +83,10 @@ def _parser() -> argparse.ArgumentParser:
         "check-config", parents=[common], help="validate and print the effective configuration"
     )
     fake = commands.add_parser("fake-api", help="a local stand-in of the Forestreet auth API")
-    from sidecar import fake_api
+    if with_fake_api:  # its module is not worth importing for the other commands
+        from sidecar import fake_api
 
-    fake_api.add_arguments(fake)
+        fake_api.add_arguments(fake)
     return parser
 
 
@@ -141,74 +143,113 @@ class _Interrupted(Exception):  # noqa: N818 - a signal, not an error
     pass
 
 
-def _once(config: Any, environ: Mapping[str, str], log: Any, timeout: float) -> int:
-    from sidecar.api import ApiClient
-    from sidecar.policy import Lane
-    from sidecar.refresher import Refresher
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """SIGTERM/SIGINT abort what the main thread is doing, even a hanging request.
+
+    A write under way cleans up its temporary file as the exception passes through.
+    SIGHUP asks for a refresh, which is what is happening anyway.
+    """
 
     def interrupt(signum: int, _frame: FrameType | None) -> None:
         raise _Interrupted(signal.Signals(signum).name)
 
     previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _once(config: Any, environ: Mapping[str, str], log: Any, timeout: float) -> int:
+    from sidecar.api import ApiClient
+    from sidecar.policy import Lane
+    from sidecar.refresher import Refresher
+
     client = ApiClient(config.api, require_refresh_token=config.token.include_refresh_token)
     refresher = Refresher(config, client, None, log, rng=Random(), environ=environ)
     deadline = time.monotonic() + timeout
     attempts = 0
     try:
-        while True:
-            attempts += 1
-            outcome = refresher.attempt()
-            if outcome.ok:
-                return EXIT_OK
-            left = deadline - time.monotonic()
-            if outcome.lane is not Lane.RETRYABLE:
-                hint = outcome.error.hint if outcome.error else ""
-                log.error("once_gave_up", reason="needs a human", attempts=attempts, hint=hint)
-                return EXIT_FAILURE
-            if outcome.delay >= left:
-                log.error("once_gave_up", reason=f"no token within {timeout:g}s", attempts=attempts)
-                return EXIT_FAILURE
-            time.sleep(outcome.delay)
+        with _interruptible():
+            while True:
+                attempts += 1
+                outcome = refresher.attempt()
+                if outcome.ok:
+                    return EXIT_OK
+                left = deadline - time.monotonic()
+                if outcome.lane is not Lane.RETRYABLE:
+                    hint = outcome.error.hint if outcome.error else ""
+                    log.error("once_gave_up", reason="needs a human", attempts=attempts, hint=hint)
+                    return EXIT_FAILURE
+                if outcome.delay >= left:
+                    reason = f"no token within {timeout:g}s"
+                    log.error("once_gave_up", reason=reason, attempts=attempts)
+                    return EXIT_FAILURE
+                time.sleep(outcome.delay)
     except _Interrupted as exc:
         log.error("once_gave_up", reason=f"interrupted by {exc}", attempts=attempts)
         return EXIT_FAILURE
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
         client.close()
 
 
 def _run(config: Any, environ: Mapping[str, str], log: Any) -> int:
-    from prometheus_client import CollectorRegistry
-
+    from sidecar import server
     from sidecar.api import ApiClient
     from sidecar.daemon import Daemon
-    from sidecar.metrics import Metrics
     from sidecar.notify import Notifier
     from sidecar.refresher import Refresher
-    from sidecar.server import ProbeServer
 
-    registry = CollectorRegistry()
-    metrics = Metrics(registry, __version__)
-    client = ApiClient(config.api, require_refresh_token=config.token.include_refresh_token)
-    refresher = Refresher(config, client, metrics, log, rng=Random(), environ=environ)
-    notifier = Notifier.from_environ(environ, os.getpid())
-    daemon = Daemon(config, refresher, notifier, log)
-    server = None
     address = config.server.address
-    if address is not None:
-        server = ProbeServer(address, registry, daemon.health, daemon.readiness).start()
-    log.info(
-        "started",
-        version=__version__,
-        token_path=str(config.token.path),
-        api=config.api.base_url,
-        key_source=config.key.describe(),
-        listen=f"{address[0]}:{server.port}" if address and server else None,
-    )
-    kept = refresher.adopt_existing()
+    # Bound first, so a port in use fails before any request goes upstream.
+    listener = server.bind(address) if address else None
+    client = ApiClient(config.api, require_refresh_token=config.token.include_refresh_token)
+    refresher = Refresher(config, client, None, log, rng=Random(), environ=environ)
+    daemon = Daemon(config, refresher, Notifier.from_environ(environ, os.getpid()), log)
+    probes = None
+    daemon.install_signals()
     try:
-        return daemon.run(0.0 if kept is None else kept)
+        kept = refresher.adopt_existing()
+        # Without a kept token, the first token waits for nothing else: not the
+        # scheduler, the metrics or the HTTP server, whose imports cost more than the
+        # request itself.
+        first_due = time.monotonic() + kept if kept is not None else daemon.first_attempt()
+        if first_due is None:
+            log.info("shutdown", signal=daemon.stop_signal_name())
+            return EXIT_OK
+        if listener is not None:
+            probes = server.ProbeServer(listener, daemon.health, daemon.readiness).start()
+
+        from prometheus_client import CollectorRegistry
+
+        from sidecar.metrics import Metrics
+
+        registry = CollectorRegistry()
+        metrics = Metrics(registry, __version__)
+        metrics.next_refresh.set(time.time() + max(0.0, first_due - time.monotonic()))
+        refresher.attach_metrics(metrics)
+        if probes is not None:
+            probes.publish(registry)
+        log.info(
+            "started",
+            version=__version__,
+            token_path=str(config.token.path),
+            api=config.api.base_url,
+            key_source=config.key.describe(),
+            listen=f"{_host(address)}:{probes.port}" if address and probes else None,
+        )
+        return daemon.run(first_due)
     finally:
-        if server is not None:
-            server.stop()
+        daemon.restore_signals()
+        if probes is not None:
+            probes.stop()
+        elif listener is not None:
+            listener.close()
+        client.close()
+
+
+def _host(address: tuple[str, int]) -> str:
+    return f"[{address[0]}]" if ":" in address[0] else address[0]

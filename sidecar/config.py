@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
 from sidecar.errors import ConfigError
 from sidecar.policy import BackoffPolicy, RefreshPolicy
 
@@ -200,6 +198,8 @@ def load(
 def _read_file(
     path: Path, raw: dict[tuple[str, str], tuple[object, str]], problems: _Collector
 ) -> None:
+    import yaml  # only a file needs it; the environment alone does not
+
     origin = str(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -376,6 +376,8 @@ def _kind(value: object) -> str:
 
 def _raw_scalar(text: str, section: str, key: str) -> str:
     """The source text of ``section.key`` in a YAML document, for error messages."""
+    import yaml
+
     node = yaml.compose(text)
     if isinstance(node, yaml.MappingNode):
         for name, child in node.value:

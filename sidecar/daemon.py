@@ -32,6 +32,10 @@ CLOCK_SLACK_SECONDS = 0.5
 STUCK_SLACK_SECONDS = 10.0
 
 
+class Interrupted(BaseException):
+    """Raised in the main thread by a stop signal during the first attempt."""
+
+
 class Daemon:
     def __init__(
         self,
@@ -58,6 +62,8 @@ class Daemon:
         self._running_since: float | None = None
         self._ready_sent = False
         self._scheduler: Any = None
+        self._raise_on_stop = False
+        self._previous_handlers: dict[int, Any] = {}
         # Time an attempt may take before the loop counts as stuck.
         self._stuck_after = 2 * config.api.timeout_seconds + STUCK_SLACK_SECONDS
 
@@ -103,8 +109,30 @@ class Daemon:
 
     # -- lifecycle ----------------------------------------------------------
 
-    def run(self, first_delay: float = 0.0) -> int:
-        """Refresh until SIGTERM/SIGINT; return the exit code."""
+    def install_signals(self) -> None:
+        """Take over SIGTERM, SIGINT and SIGHUP until ``run`` returns."""
+        self._previous_handlers = self._install_signals()
+
+    def first_attempt(self) -> float | None:
+        """One attempt in the main thread; when the next is due (monotonic), or None if stopped.
+
+        A stop signal aborts it, even while the request hangs: a write under way
+        removes its temporary file as the exception passes through.
+        """
+        try:
+            self._raise_on_stop = True
+            if self._stop_signal is not None:
+                return None
+            due = self.monotonic() + self.refresher.attempt().delay
+            self._raise_on_stop = False
+        except Interrupted:
+            return None
+        finally:
+            self._raise_on_stop = False
+        return due
+
+    def run(self, first_due: float) -> int:
+        """Refresh until SIGTERM/SIGINT, the next attempt due at ``first_due`` (monotonic)."""
         from apscheduler.executors.pool import ThreadPoolExecutor
         from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -114,18 +142,21 @@ class Daemon:
             executors={"default": ThreadPoolExecutor(max_workers=1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
-        previous = self._install_signals()
         try:
             self._scheduler.start()
-            self._schedule(first_delay)
+            self._schedule(max(0.0, first_due - self.monotonic()))
             if self.refresher.token is not None:
                 self._announce_ready()
             self._loop()
         finally:
             code = self._shutdown()
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            self.restore_signals()
         return code
+
+    def restore_signals(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}
 
     def _loop(self) -> None:
         watchdog = self.notifier.watchdog_seconds
@@ -226,6 +257,9 @@ class Daemon:
         def stop(signum: int, _frame: FrameType | None) -> None:
             self._stop_signal = signum
             self._wake.set()
+            if self._raise_on_stop:
+                self._raise_on_stop = False
+                raise Interrupted(signal.Signals(signum).name)
 
         def hup(_signum: int, _frame: FrameType | None) -> None:
             self._hup = True
@@ -240,9 +274,11 @@ class Daemon:
             previous[signum] = signal.signal(signum, handler)
         return previous
 
+    def stop_signal_name(self) -> str:
+        return signal.Signals(self._stop_signal).name if self._stop_signal else "error"
+
     def _shutdown(self) -> int:
-        name = signal.Signals(self._stop_signal).name if self._stop_signal else "error"
-        self.log.info("shutdown", signal=name)
+        self.log.info("shutdown", signal=self.stop_signal_name())
         self.notifier.stopping()
         self.refresher.stopping.set()
         if self._scheduler is not None and self._scheduler.running:

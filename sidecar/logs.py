@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 import threading
 from collections.abc import MutableMapping
 from typing import Any, TextIO
-
-import structlog
 
 from sidecar.session import fingerprint
 
@@ -63,9 +60,25 @@ class Redactor:
 REDACTOR = Redactor()
 
 
+_settings: dict[str, Any] = {"level": "info", "fmt": "json", "stream": None}
+
+
 def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
+    """Remember the settings; structlog itself is set up by the first log line.
+
+    Importing structlog costs tens of milliseconds, which the first token need not wait for.
+    """
+    _settings.update(level=level, fmt=fmt, stream=stream)
+    _LOGGER.bound = None
+
+
+def _build() -> Any:
+    import logging
+
+    import structlog
+
     renderer: Any
-    if fmt == "console":
+    if _settings["fmt"] == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=False)
     else:
         renderer = structlog.processors.JSONRenderer()
@@ -78,12 +91,28 @@ def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = No
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
+            logging.getLevelNamesMapping()[str(_settings["level"]).upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(_settings["stream"] or sys.stdout),
         cache_logger_on_first_use=False,
     )
+    return structlog.get_logger()
+
+
+class _LazyLogger:
+    """Stands in for a structlog logger until the first event is logged."""
+
+    def __init__(self) -> None:
+        self.bound: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self.bound is None:
+            self.bound = _build()
+        return getattr(self.bound, name)
+
+
+_LOGGER = _LazyLogger()
 
 
 def get() -> Any:
-    return structlog.get_logger()
+    return _LOGGER

@@ -7,7 +7,6 @@ decision can be tested with a table and a seed.
 
 from __future__ import annotations
 
-import email.utils
 import math
 from dataclasses import dataclass
 from enum import StrEnum
@@ -181,18 +180,24 @@ def backoff_ceiling(failures: int, backoff: BackoffPolicy) -> float:
 def parse_retry_after(value: str | None, now: float) -> float | None:
     """Seconds from ``now`` (Unix time) that a ``Retry-After`` header asks for, or None.
 
-    Both forms of RFC 9110 are accepted: delay-seconds and an HTTP-date. A date in
-    the past means "now" (0); anything unparsable is ignored.
+    Both forms of RFC 9110 are accepted: delay-seconds and an HTTP-date, in any of its
+    three formats (IMF-fixdate, RFC 850, asctime). An HTTP-date is always UTC, also
+    when, as in asctime, it names no zone. A date in the past means "now" (0);
+    anything unparsable is ignored.
     """
     if value is None:
         return None
     text = value.strip()
     if text.isdigit():
         return float(text)
+    import email.utils  # rare; not worth its import on the way to the first token
+
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):
         return None
-    if when.tzinfo is None:
-        return None
+    if when.tzinfo is None:  # asctime has no zone; "-0000" parses the same way
+        import datetime
+
+        when = when.replace(tzinfo=datetime.UTC)
     return max(0.0, when.timestamp() - now)

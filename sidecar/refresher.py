@@ -13,16 +13,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from random import Random
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from sidecar import sink
 from sidecar.api import ApiClient, Fetched
 from sidecar.config import Config
 from sidecar.errors import CredentialError, EndpointError, RefreshError, TransientError
 from sidecar.logs import REDACTOR
-from sidecar.metrics import Metrics
 from sidecar.policy import Lane, next_refresh, retry_delay
 from sidecar.session import TOKEN_PATTERN, fingerprint, jwt_claims
+
+if TYPE_CHECKING:  # prometheus_client is not needed on the way to the first token
+    from sidecar.metrics import Metrics
 
 KEY_HINT = "check that api.key_file (or the key variable / credential) exists and is readable"
 
@@ -73,9 +75,23 @@ class Refresher:
         self.wall = wall
         self.failures = 0
         self.token: TokenOnDisk | None = None
+        self._unrecorded: list[Callable[[Metrics], None]] = []
         self.stopping = threading.Event()
         # Held across every write, so shutdown can wait for one to finish and bar the next.
         self.write_lock = threading.Lock()
+
+    def attach_metrics(self, metrics: Metrics) -> None:
+        """Start recording, replaying what happened before the metrics existed."""
+        self.metrics = metrics
+        for record in self._unrecorded:
+            record(metrics)
+        self._unrecorded.clear()
+
+    def _record(self, record: Callable[[Metrics], None]) -> None:
+        if self.metrics is None:
+            self._unrecorded.append(record)
+        else:
+            record(self.metrics)
 
     def remaining(self) -> float | None:
         """Seconds the token on disk stays valid, or None when there is none valid."""
@@ -146,12 +162,16 @@ class Refresher:
             if session.expires_at is not None
             else None
         )
-        if self.metrics is not None:
-            self.metrics.success(duration)
-            self.metrics.token_expiry.set(expires_wall)
-            self.metrics.last_success.set(self.wall())
+        succeeded_at = self.wall()
+
+        def record(metrics: Metrics) -> None:
+            metrics.success(duration)
+            metrics.token_expiry.set(expires_wall)
+            metrics.last_success.set(succeeded_at)
             if skew is not None:
-                self.metrics.clock_skew.set(skew)
+                metrics.clock_skew.set(skew)
+
+        self._record(record)
         if session.expires_in < self.config.refresh.min_interval_seconds:
             self.log.warning(
                 "short_lifetime",
@@ -184,8 +204,8 @@ class Refresher:
             retry_after=retry_after,
             remaining=self.remaining(),
         )
-        if self.metrics is not None:
-            self.metrics.failure(error.reason, duration, self.failures)
+        failures = self.failures
+        self._record(lambda metrics: metrics.failure(error.reason, duration, failures))
         loud = lane is not Lane.RETRYABLE or error.reason == "write_error"
         fields: dict[str, object] = {
             "reason": error.reason,
@@ -234,9 +254,12 @@ class Refresher:
             expires_wall=expires,
         )
         REDACTOR.add(text)
-        if self.metrics is not None:
-            self.metrics.token_expiry.set(expires)
-            self.metrics.last_success.set(issued)
+
+        def record(metrics: Metrics) -> None:
+            metrics.token_expiry.set(expires)
+            metrics.last_success.set(issued)
+
+        self._record(record)
         self.log.info(
             "token_kept",
             path=str(token.path),

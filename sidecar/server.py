@@ -6,42 +6,58 @@ import json
 import socket
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
+from typing import TYPE_CHECKING, Any
 
 from sidecar.errors import StartupError
+
+if TYPE_CHECKING:
+    from http.server import BaseHTTPRequestHandler
+
+    from prometheus_client import CollectorRegistry
 
 Probe = Callable[[], tuple[bool, dict[str, Any]]]
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
+def bind(address: tuple[str, int]) -> socket.socket:
+    """A listening socket on ``address``; StartupError naming it when that fails.
 
-
-class _IPv6Server(_Server):
-    address_family = socket.AF_INET6
+    Bound before the first request goes upstream, so a port in use fails the start
+    at once; a probe arriving before the server runs waits in the listen backlog.
+    """
+    host, port = address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(64)
+    except OSError as exc:
+        sock.close()
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise StartupError(f"cannot listen on {shown}: {exc.strerror or exc}") from exc
+    return sock
 
 
 class ProbeServer:
-    """Serves the three endpoints from a daemon thread."""
+    """Serves the three endpoints from a daemon thread, on a socket from ``bind``.
 
-    def __init__(
-        self, address: tuple[str, int], registry: CollectorRegistry, health: Probe, ready: Probe
-    ) -> None:
-        self._address = address
-        handler = _handler(registry, health, ready)
-        server_class = _IPv6Server if ":" in address[0] else _Server
-        shown = (
-            f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
-        )
-        try:
-            self._server = server_class(address, handler)
-        except OSError as exc:
-            raise StartupError(f"cannot listen on {shown}: {exc.strerror or exc}") from exc
+    ``/metrics`` answers 503 until ``publish`` hands over the registry.
+    """
+
+    def __init__(self, sock: socket.socket, health: Probe, ready: Probe) -> None:
+        from http.server import ThreadingHTTPServer
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            block_on_close = False
+
+        self._registry: list[CollectorRegistry] = []
+        handler = _handler(self._registry, health, ready)
+        # Not bound again: HTTPServer.server_bind would also look up the host's FQDN.
+        self._server = Server(sock.getsockname()[:2], handler, bind_and_activate=False)
+        self._server.socket.close()
+        self._server.socket = sock
+        self._server.server_address = sock.getsockname()
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="probe-server", daemon=True
         )
@@ -49,6 +65,9 @@ class ProbeServer:
     @property
     def port(self) -> int:
         return int(self._server.server_address[1])
+
+    def publish(self, registry: CollectorRegistry) -> None:
+        self._registry.append(registry)
 
     def start(self) -> ProbeServer:
         self._thread.start()
@@ -61,8 +80,10 @@ class ProbeServer:
 
 
 def _handler(
-    registry: CollectorRegistry, health: Probe, ready: Probe
+    registry: list[CollectorRegistry], health: Probe, ready: Probe
 ) -> type[BaseHTTPRequestHandler]:
+    from http.server import BaseHTTPRequestHandler
+
     probes = {"/healthz": health, "/readyz": ready}
 
     class Handler(BaseHTTPRequestHandler):
@@ -71,9 +92,13 @@ def _handler(
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
-            if path == "/metrics":
+            if path == "/metrics" and not registry:
+                self._send(503, "text/plain; charset=utf-8", b"metrics not ready yet\n")
+            elif path == "/metrics":
+                from prometheus_client.exposition import choose_encoder
+
                 encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-                self._send(200, content_type, encoder(registry))
+                self._send(200, content_type, encoder(registry[0]))
             elif path in probes:
                 ok, detail = probes[path]()
                 body = json.dumps(detail, separators=(",", ":")).encode()

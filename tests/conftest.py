@@ -66,6 +66,7 @@ class Sidecar:
     stderr: list[str] = field(default_factory=list)
     raw: list[str] = field(default_factory=list)
     _lines: queue.Queue[str] = field(default_factory=queue.Queue)
+    _seen: dict[str, int] = field(default_factory=dict)
 
     def _pump(self) -> None:
         assert self.process.stdout is not None
@@ -88,14 +89,14 @@ class Sidecar:
     def wait_event(
         self, name: str, timeout: float = 10.0, where: Callable[[dict[str, Any]], bool] = bool
     ) -> dict[str, Any]:
-        """The next event called ``name`` (after those already returned by this method)."""
+        """The next event called ``name`` after the last one this method returned."""
         deadline = time.monotonic() + timeout
-        seen = getattr(self, "_seen", 0)
+        seen = self._seen.get(name, 0)
         while True:
             for index in range(seen, len(self.events)):
                 event = self.events[index]
                 if event["event"] == name and where(event):
-                    self._seen = index + 1
+                    self._seen[name] = index + 1
                     return event
             seen = len(self.events)
             left = deadline - time.monotonic()

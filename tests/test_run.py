@@ -64,7 +64,7 @@ def test_stop_signal_while_a_request_hangs(
 ) -> None:
     fake_api.script(Answer(delay=30))
     config = write_config(tmp_path, fake_api.url, api={"timeout_seconds": 20})
-    sidecar, _ = start_run(sidecars, config)
+    sidecar = sidecars(["--config", str(config), "run"], base_env())
     wait_until(lambda: bool(fake_api.requests))
     started = time.monotonic()
     sidecar.signal(signum)
@@ -219,7 +219,7 @@ def test_the_key_file_is_reread_before_every_request(
 
 def test_probes_follow_the_token(tmp_path: Path, sidecars: Start) -> None:
     with FakeApi(lifetime=1.5) as api:
-        api.script(Answer(delay=1.0))
+        api.script(Answer(error_code="SERVICE_UNAVAILABLE", retry_after="2"))
         config = listening(tmp_path, api.url, refresh={"min_interval_seconds": 30})
         sidecar, url = start_run(sidecars, config)
         not_yet = get(url + "/readyz")
