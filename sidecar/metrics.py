@@ -15,7 +15,13 @@ from prometheus_client import (
 from sidecar.policy import ERROR_CODES
 
 PREFIX = "forestreet_sidecar"
-LOCAL_REASONS = ("timeout", "connection_error", "invalid_response", "write_error")
+LOCAL_REASONS = (
+    "timeout",
+    "connection_error",
+    "invalid_response",
+    "write_error",
+    "key_unavailable",  # the key file or variable could not be read
+)
 # Statuses an HTTP API plausibly answers without a known errorCode; they are
 # pre-initialised so the series exist from the first scrape. Another status still
 # counts, as http_<status>, and its series appears when it first happens.

@@ -42,9 +42,7 @@ CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER = 1, 2, 3
 
 
 def _run(*command: str) -> bool:
-    return (
-        subprocess.run(command, capture_output=True, check=False, timeout=10).returncode == 0
-    )
+    return subprocess.run(command, capture_output=True, check=False, timeout=10).returncode == 0
 
 
 def start_with(
@@ -99,9 +97,7 @@ def exercise(
     out = out or tmp_path / "out"
     token = out / "token"
     with FakeApi(lifetime=3600) as api:
-        config = write_config(
-            tmp_path, api.url, server={"listen": "127.0.0.1:0"}, backoff=BACKOFF
-        )
+        config = write_config(tmp_path, api.url, server={"listen": "127.0.0.1:0"}, backoff=BACKOFF)
         sidecar = start_with(["--config", str(config), "run"], base_env(), preexec)
         launched.append(sidecar)
         sidecar.wait_event("token_refreshed", timeout=15)

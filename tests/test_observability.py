@@ -274,3 +274,32 @@ def test_a_stuck_loop_fails_healthz_and_stops_the_watchdog(
                 break
     sidecar.signal(signal.SIGTERM)
     assert sidecar.wait(5) == 0
+
+
+def test_an_unreadable_key_is_a_credential_failure_with_its_own_reason(
+    tmp_path: Path, fake_api: FakeApi, sidecars: Start
+) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("a-key-for-this-test")
+    config = write_config(
+        tmp_path,
+        fake_api.url,
+        api={"key_file": str(key_file)},
+        server={"listen": "127.0.0.1:0"},
+        backoff={"initial_seconds": 0.05, "max_seconds": 0.3},
+    )
+    sidecar, url = start_listening(sidecars, config)
+    sidecar.wait_event("token_refreshed")
+    key_file.unlink()  # a Secret being rotated, or a credential gone
+    sidecar.signal(signal.SIGHUP)
+    failed = sidecar.wait_event("refresh_failed")
+    assert (failed["reason"], failed["lane"], failed["level"]) == (
+        "key_unavailable",
+        "credential",
+        "error",
+    )
+    assert str(key_file) in failed["message"]
+    assert refreshes(scrape(url), "failure", "key_unavailable") == 1
+    key_file.write_text("the-rotated-key")
+    sidecar.wait_event("token_refreshed", timeout=10)
+    assert fake_api.requests[-1].api_key == "the-rotated-key"
