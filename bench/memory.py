@@ -11,7 +11,7 @@ A sidecar's memory is multiplied by the fleet. Per round, interleaved:
 
 Goal: steady RSS of ``run`` ≤ 1.6 x the baseline's peak RSS.
 
-Usage: python bench/memory.py [--runs 20] [--refreshes 100] [--json PATH]
+Usage: python bench/memory.py [--runs 20] [--refreshes 100] [--imports] [--json PATH]
 """
 
 from __future__ import annotations
@@ -185,11 +185,62 @@ def measure(runs: int = 20, refreshes: int = 100, warmup: int = 1) -> list[Figur
     ]
 
 
+# What the sidecar's dependencies cost in RSS on their own (each in a fresh interpreter).
+IMPORTS = (
+    "json, os, tempfile, urllib.request",  # what the baseline imports
+    "requests",
+    "ssl",
+    "structlog",
+    "yaml",
+    "prometheus_client",
+    "apscheduler.schedulers.background",
+    "http.server",
+    "sidecar.cli",
+    "sidecar.api",
+    "sidecar.daemon",
+)
+
+
+def import_rss(repeats: int = 5) -> dict[str, float]:
+    """Peak RSS (MiB) added by importing each entry of IMPORTS, over ``python -c pass``.
+
+    Modules overlap (``requests`` pulls in ``ssl``...), so the rows do not add up.
+    """
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        marker = Path(tmp) / "token"
+        marker.write_text("x")  # peak_rss_kib checks that a token exists
+
+        def peak(code: str) -> float:
+            cmd = [sys.executable, "-c", code]
+            return median([peak_rss_kib(cmd, {}, marker) for _ in range(repeats)]) / KIB_PER_MIB
+
+        empty = peak("pass")
+        return {"python -c pass (absolute)": empty} | {
+            name: peak(f"import {name}") - empty for name in IMPORTS
+        }
+
+
+def format_import_rss(rows: dict[str, float]) -> str:
+    out = ["| import | peak RSS MiB |", "|---|---:|"]
+    out += [
+        f"| `{name}` | {value:.1f} |" if "absolute" in name else f"| `{name}` | {value:+.1f} |"
+        for name, value in rows.items()
+    ]
+    return "\n".join(out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     cli = parser(__doc__.splitlines()[0] if __doc__ else None, runs=20)
     cli.add_argument("--refreshes", type=int, default=100, help="refreshes before reading VmRSS")
+    cli.add_argument(
+        "--imports", action="store_true", help="also the RSS each dependency adds when imported"
+    )
     args = cli.parse_args(argv)
-    report(measure(args.runs, args.refreshes), args.json)
+    rows = import_rss() if args.imports else None
+    report(measure(args.runs, args.refreshes), args.json, {"import_rss_mib": rows})
+    if rows is not None:
+        print()
+        print(format_import_rss(rows))
     return 0
 
 

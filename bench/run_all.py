@@ -49,13 +49,19 @@ def benchmarks(settings: Settings) -> list[tuple[str, Callable[[], list[Figure]]
     ]
 
 
-def markdown(figures: Sequence[Figure], imports: dict[str, object] | None) -> str:
+def markdown(
+    figures: Sequence[Figure],
+    imports: dict[str, object] | None,
+    import_rss: dict[str, float] | None = None,
+) -> str:
     out = [machine_line(), "", table(figures), ""]
     out += [f"- {fig.name}: {fig.note}" for fig in figures if fig.note]
     out += ["", "Commands:", ""]
     out += [f"- {fig.name}: `{fig.command}`" for fig in figures]
     if imports is not None:
         out += ["", startup.format_import_report(imports)]
+    if import_rss is not None:
+        out += ["", memory.format_import_rss(import_rss)]
     return "\n".join(out) + "\n"
 
 
@@ -64,7 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.add_argument("--quick", action="store_true", help="a fast pass with small parameters")
     cli.add_argument("--json", type=Path, default=None, help="also write the results here")
     cli.add_argument("--markdown", type=Path, default=None, help="also write a Markdown report")
-    cli.add_argument("--no-imports", action="store_true", help="skip the import-time breakdown")
+    cli.add_argument(
+        "--no-imports", action="store_true", help="skip the import breakdowns (time, RSS)"
+    )
     args = cli.parse_args(argv)
     settings = QUICK if args.quick else FULL
 
@@ -81,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             failed[name] = f"{exc.__class__.__name__}: {exc}"
         timings[name] = round(time.monotonic() - started, 1)
     imports = None if args.no_imports else startup.import_report()
+    import_rss = None if args.no_imports else memory.import_rss(2 if args.quick else 5)
 
     print(machine_line())
     print(table(figures))
@@ -92,18 +101,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if imports is not None:
         print()
         print(startup.format_import_report(imports))
+    if import_rss is not None:
+        print()
+        print(memory.format_import_rss(import_rss))
     extra: dict[str, object] = {
         "quick": args.quick,
         "settings": asdict(settings),
         "seconds": timings,
         "failed": failed,
         "imports": imports,
+        "import_rss_mib": import_rss,
     }
     if args.json is not None:
         write_json(args.json, figures, extra)
     if args.markdown is not None:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(markdown(figures, imports), encoding="utf-8")
+        args.markdown.write_text(markdown(figures, imports, import_rss), encoding="utf-8")
     return 1 if failed else 0
 
 

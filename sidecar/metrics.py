@@ -10,6 +10,7 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
 )
 
 from sidecar.policy import ERROR_CODES
@@ -47,6 +48,8 @@ def failure_reason_allowed(reason: str) -> bool:
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry, version: str) -> None:
+        # *_created series would double the exposition for a value nobody alerts on.
+        disable_created_metrics()
         self.registry = registry
         self.refreshes = Counter(
             f"{PREFIX}_refreshes",

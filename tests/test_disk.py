@@ -46,9 +46,13 @@ def _run(*command: str) -> bool:
 
 
 def start_with(
-    args: list[str], env: dict[str, str], preexec: Callable[[], None] | None = None
+    args: list[str],
+    env: dict[str, str],
+    preexec: Callable[[], None] | None = None,
+    *,
+    umask: int = -1,
 ) -> Sidecar:
-    """conftest.start_sidecar with a preexec hook (capabilities, rlimits)."""
+    """conftest.start_sidecar with a preexec hook (capabilities) and a umask."""
     process = subprocess.Popen(
         [sys.executable, "-m", "sidecar", *args],
         stdout=subprocess.PIPE,
@@ -56,6 +60,7 @@ def start_with(
         text=True,
         env=env,
         preexec_fn=preexec,  # noqa: PLW1509 - no thread of ours runs in the child
+        umask=umask,
     )
     sidecar = Sidecar(process)
     for target in (sidecar._pump, sidecar._pump_err):

@@ -21,6 +21,10 @@ from typing import Any
 import pytest
 import yaml
 
+# Rendering needs the Helm library of ../shared/tools: run by .ci/run (`pytest -m chart`),
+# not by the self-contained default test command.
+pytestmark = pytest.mark.chart
+
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "forestreet-sidecar"
 EMBEDDING_CHART = REPO / "helm" / "examples" / "embedding-chart"
