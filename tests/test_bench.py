@@ -245,3 +245,10 @@ def test_run_all_prints_one_table_and_writes_json(
     assert document["figures"][0]["met"] is True
     assert document["failed"] == {"broken": "RuntimeError: boom"}
     assert "| x |" in (tmp_path / "r.md").read_text()
+
+
+def test_import_rss_table() -> None:
+    text = memory.format_import_rss({"python -c pass (absolute)": 11.6, "requests": 15.04})
+
+    assert "| `python -c pass (absolute)` | 11.6 |" in text
+    assert "| `requests` | +15.0 |" in text
