@@ -3,9 +3,10 @@
 A sidecar's start delays its application (the native-sidecar startupProbe gates it), so this is
 the time a pod waits. Per round, interleaved: ``forestreet-sidecar once``, the baseline, then
 ``forestreet-sidecar run`` (with the probe server on a free port), the baseline again. The clock
-starts just before ``Popen``; it stops when ``once`` / the baseline exits (token written, exit 0
-checked), and for ``run`` when a poll of the token file (every 0.5 ms) first sees it, after which
-``run`` is stopped with SIGTERM. A fresh directory per run, so ``run`` never adopts a token.
+starts just before ``Popen``; it stops when a poll of the token file (every 0.5 ms) first sees
+it. For ``once`` and the baseline the time to their exit (exit 0 checked) is reported too: an
+init container's successor waits for that. ``run`` is stopped with SIGTERM once its token is
+there. A fresh directory per run, so ``run`` never adopts a token.
 
 It also reports where the time goes: ``python -X importtime -c "import sidecar.cli"`` (top entries
 by cumulative time, median over a few runs), and for ``once`` and ``run`` against the fake, which
@@ -168,23 +169,31 @@ def measure(runs: int = 20, warmup: int = 1) -> list[Figure]:
                     if not math.isnan(to_exit):
                         samples[f"{kind}_exit"].append(to_exit * 1000)
 
-    base = median(samples["baseline_exit"])
+    base = median(samples["baseline_token"])
+    base_exit = median(samples["baseline_exit"])
     example = child_env("http://127.0.0.1:PORT", Path("/tmp/x/token"))
-    once_note = (
-        f"token on disk after {median(samples['once_token']):.0f} ms "
-        f"(baseline {median(samples['baseline_token']):.0f} ms); the rest is exit"
-    )
     return [
         Figure(
-            name="start → token: `once` (to exit)",
+            name="start → token on disk: `once`",
             unit="ms",
-            ours=median(samples["once_exit"]),
+            ours=median(samples["once_token"]),
             baseline=base,
             goal_ratio=GOAL_RATIO,
             runs=runs,
             command=shell_line(sidecar_cmd("once"), example),
-            note=once_note,
-            samples={k: samples[k] for k in ("once_exit", "once_token", "baseline_exit")},
+            note="both: first poll (every 0.5 ms) that sees the token file",
+            samples={k: samples[k] for k in ("once_token", "baseline_token")},
+        ),
+        Figure(
+            name="start → exit: `once` (init-container mode)",
+            unit="ms",
+            ours=median(samples["once_exit"]),
+            baseline=base_exit,
+            goal_ratio=None,
+            runs=runs,
+            command=shell_line(sidecar_cmd("once"), example),
+            note="what an init container's successor waits for; no goal was set",
+            samples={k: samples[k] for k in ("once_exit", "baseline_exit")},
         ),
         Figure(
             name="start → token: `run` (file appears)",
@@ -197,7 +206,7 @@ def measure(runs: int = 20, warmup: int = 1) -> list[Figure]:
                 sidecar_cmd("run"),
                 {**example, "FORESTREET_SIDECAR_SERVER_LISTEN": "127.0.0.1:PORT"},
             ),
-            note="baseline: its exit (the token is on disk by then)",
+            note="both: first poll (every 0.5 ms) that sees the token file",
             samples={k: samples[k] for k in ("run_token", "baseline_token")},
         ),
     ]

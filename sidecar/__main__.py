@@ -1,7 +1,5 @@
 """`python -m sidecar` runs the same command line as `forestreet-sidecar`."""
 
-import sys
+from sidecar.cli import entry
 
-from sidecar.cli import main
-
-sys.exit(main(sys.argv[1:]))
+entry()

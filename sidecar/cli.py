@@ -24,6 +24,18 @@ EXIT_CONFIG = 78
 COMMANDS = ("run", "once", "check-config", "fake-api")
 
 
+def entry() -> None:
+    """The console script: ``main``, then leave without tearing the interpreter down.
+
+    Everything of ours is flushed and fsynced by then; unwinding some 350 imported
+    modules only delays an init container's successor (tens of milliseconds).
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     env = os.environ if environ is None else environ

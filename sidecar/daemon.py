@@ -8,8 +8,11 @@ jumps (a job fired early is put back; one the clock made late is run now).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import signal
+import socket
 import sys
 import threading
 import time
@@ -36,6 +39,48 @@ class Interrupted(BaseException):
     """Raised in the main thread by a stop signal during the first attempt."""
 
 
+class _Waker:
+    """Wakes the main loop from a signal handler or another thread, taking no lock.
+
+    ``threading.Event.set`` takes the event's lock; a signal handler calling it while
+    the main thread holds that lock (inside ``Event.wait``/``clear``, or an earlier
+    handler's ``set``) deadlocks the main thread for good, SIGTERM included. A byte
+    sent on a non-blocking socket pair takes no Python lock. Until ``open`` (and after
+    ``close``) ``set`` does nothing: the flags the handlers set are read anyway.
+    """
+
+    def __init__(self) -> None:
+        self._pair: tuple[socket.socket, socket.socket] | None = None
+
+    def open(self) -> None:
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        self._pair = (reader, writer)
+
+    def set(self) -> None:
+        pair = self._pair
+        if pair is not None:
+            with contextlib.suppress(OSError):  # full (a wake-up is pending) or closed
+                pair[1].send(b"\0")
+
+    def wait(self, timeout: float) -> None:
+        pair = self._pair
+        if pair is None:
+            time.sleep(timeout)
+            return
+        select.select([pair[0]], [], [], timeout)
+        with contextlib.suppress(OSError):
+            while pair[0].recv(4096):
+                pass
+
+    def close(self) -> None:
+        pair, self._pair = self._pair, None
+        if pair is not None:
+            for sock in pair:
+                sock.close()
+
+
 class Daemon:
     def __init__(
         self,
@@ -53,7 +98,7 @@ class Daemon:
         self.log = log
         self.monotonic = monotonic
         self.wall = wall
-        self._wake = threading.Event()
+        self._wake = _Waker()
         self._stop_signal: int | None = None
         self._hup = False
         self._hup_pending = False
@@ -142,6 +187,7 @@ class Daemon:
             executors={"default": ThreadPoolExecutor(max_workers=1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
+        self._wake.open()
         try:
             self._scheduler.start()
             self._schedule(max(0.0, first_due - self.monotonic()))
@@ -179,7 +225,6 @@ class Daemon:
             if watchdog is not None:
                 wait = min(wait, max(next_ping - self.monotonic(), 0.0))
             self._wake.wait(wait)
-            self._wake.clear()
 
     def _catch_up_after_clock_jump(self) -> None:
         from apscheduler.jobstores.base import JobLookupError
@@ -293,6 +338,7 @@ class Daemon:
             busy = self._running_since is not None
         self.notifier.close()
         self.refresher.client.close()
+        self._wake.close()
         if busy:
             # A request is still hanging in the worker thread; nothing of ours is
             # half-written, so leave without waiting for its timeout.

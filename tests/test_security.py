@@ -69,6 +69,7 @@ class ModeWatcher:
 @pytest.mark.parametrize(
     ("umask", "mode", "expected"),
     [(0o000, None, 0o640), (0o077, "0640", 0o640), (0o000, "0600", 0o600)],
+    ids=["umask000-default", "umask077-0640", "umask000-0600"],
 )
 def test_token_session_and_temp_files_are_never_readable_by_others_whatever_the_umask(
     tmp_path: Path, launched: list[Sidecar], umask: int, mode: str | None, expected: int
