@@ -179,11 +179,12 @@ def test_sigkill_at_random_moments_never_tears_the_token(
     assert (out / "token").read_text() in api.issued
 
 
-@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM], ids=["SIGHUP", "SIGTERM"])
 def test_a_signal_right_after_the_first_token_is_handled_not_fatal(
     tmp_path: Path, sidecars: Start, signum: int
 ) -> None:
-    """Once the token is written (READY for systemd), SIGHUP refreshes and SIGTERM exits 0."""
+    """From the first token on, SIGTERM exits 0, and a storm of SIGHUPs neither kills
+    the daemon nor deadlocks it (a handler re-entering a lock): SIGTERM still stops it."""
     with FakeApi() as api:
         config = write_config(tmp_path, api.url, server={"listen": "127.0.0.1:0"})
         sidecar = sidecars(["--config", str(config), "run"], base_env())
@@ -192,7 +193,7 @@ def test_a_signal_right_after_the_first_token_is_handled_not_fatal(
             sidecar.signal(signum)
             assert sidecar.wait(5) == 0
             return
-        deadline = time.monotonic() + 0.5
+        deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline and sidecar.process.poll() is None:
             sidecar.signal(signum)
             time.sleep(0.005)

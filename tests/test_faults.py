@@ -268,7 +268,15 @@ def test_every_fault_gets_its_lane_reason_and_delay_and_never_touches_the_token(
         sidecar.signal(signal.SIGHUP)
         wrong = []
         for index, fault in enumerate(faults, start=1):
-            event = sidecar.wait_event("refresh_failed", timeout=10)
+            try:
+                event = sidecar.wait_event("refresh_failed", timeout=10)
+            except AssertionError as exc:
+                last = api.requests[-1].received_at if api.requests else 0.0
+                raise AssertionError(
+                    f"fault #{index} ({fault.name}, {fault.answer.effective_status}): no event; "
+                    f"{len(api.requests)} requests, the last {time.monotonic() - last:.1f}s ago, "
+                    f"process exit code {sidecar.process.poll()}"
+                ) from exc
             low, high = retry_bounds(fault.lane, event["consecutive_failures"])
             seen = (event["reason"], event["lane"])
             if seen != (fault.reason, fault.lane) or not low <= event["retry_in"] <= high:
