@@ -109,6 +109,10 @@ class Daemon:
         self._scheduler: Any = None
         self._raise_on_stop = False
         self._previous_handlers: dict[int, Any] = {}
+        # From a job's start until its successor is scheduled: what to schedule next.
+        self._busy = False
+        self._after: float | None = None
+        self._dropped_code = 0
         # Time an attempt may take before the loop counts as stuck.
         self._stuck_after = 2 * config.api.timeout_seconds + STUCK_SLACK_SECONDS
 
@@ -187,6 +191,16 @@ class Daemon:
             executors={"default": ThreadPoolExecutor(max_workers=1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
+        from apscheduler.events import (
+            EVENT_JOB_ERROR,
+            EVENT_JOB_EXECUTED,
+            EVENT_JOB_MAX_INSTANCES,
+        )
+
+        self._dropped_code = EVENT_JOB_MAX_INSTANCES
+        self._scheduler.add_listener(
+            self._job_done, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MAX_INSTANCES
+        )
         self._wake.open()
         try:
             self._scheduler.start()
@@ -227,44 +241,68 @@ class Daemon:
             self._wake.wait(wait)
 
     def _catch_up_after_clock_jump(self) -> None:
+        """Run an overdue job now; re-add one that APScheduler dropped."""
         from apscheduler.jobstores.base import JobLookupError
 
         with self._lock:
-            overdue = (
-                self._running_since is None
-                and self.monotonic() > self._due_monotonic + CLOCK_SLACK_SECONDS
-            )
-        if overdue:
+            if self._busy or self.monotonic() <= self._due_monotonic + CLOCK_SLACK_SECONDS:
+                return
             try:
                 self._scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC))
             except JobLookupError:
-                return
+                self.log.warning("refresh_job_lost", message="rescheduling the refresh now")
+                self._due_monotonic = self.monotonic()
+                self._add_job(0.0)
 
     def _job(self) -> None:
         now = self.monotonic()
         with self._lock:
+            self._busy = True
             early = self._due_monotonic - now
             if early > CLOCK_SLACK_SECONDS:
                 # The wall clock jumped forward; the token's lifetime did not.
-                self._add_job(early)
+                self._after = early
                 return
             self._running_since = now
         try:
             outcome = self.refresher.attempt()
         except Stopping:
+            self._after = None
             return
         finally:
             with self._lock:
                 self._running_since = None
         with self._lock:
             pending, self._hup_pending = self._hup_pending, False
-        self._schedule(0.0 if pending else outcome.delay)
+            self._after = 0.0 if pending else outcome.delay
         self._report(outcome)
+
+    def _job_done(self, event: Any) -> None:
+        """Schedule the next attempt once APScheduler counts this one as finished.
+
+        Adding the job from inside the job would race APScheduler's instance count
+        (max_instances=1): a next run due at once could be skipped, and a skipped date
+        job is dropped for good.
+        """
+        if event.job_id != JOB_ID:
+            return
+        if event.code == self._dropped_code:
+            # Should not happen; the main loop re-adds a dropped job once it is overdue.
+            self._wake.set()
+            return
+        if getattr(event, "exception", None) is not None:
+            self.log.error("refresh_job_crashed", message=repr(event.exception))
+            self._after = self.config.backoff.max_seconds
+        after, self._after = self._after, None
+        if after is not None and self._stop_signal is None:
+            self._schedule(after, done=True)
         self._wake.set()
 
-    def _schedule(self, delay: float, *, force: bool = False) -> None:
+    def _schedule(self, delay: float, *, force: bool = False, done: bool = False) -> None:
         with self._lock:
-            if force and self._running_since is not None:
+            if done:
+                self._busy = False
+            elif force and self._busy:
                 # An attempt is under way; run again as soon as it ends.
                 self._hup_pending = True
                 return

@@ -295,3 +295,17 @@ def _sample(text: str, name: str) -> float:
         if line.startswith(name + " ") or (line.startswith(name + "{") and name.endswith("}")):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not in the scrape")
+
+
+def test_retries_due_at_once_are_never_dropped(tmp_path: Path, sidecars: Start) -> None:
+    """A next run due before APScheduler counts the last one finished must still happen.
+
+    (It used to be skipped as "maximum number of running instances reached", and a
+    skipped date job is dropped: the refresh loop stopped.)
+    """
+    with FakeApi(fail_rate=1.0, fail_code="SERVICE_UNAVAILABLE") as api:
+        config = write_config(
+            tmp_path, api.url, backoff={"initial_seconds": 0.0001, "max_seconds": 0.0002}
+        )
+        sidecars(["--config", str(config), "run"], base_env())
+        wait_until(lambda: len(api.requests) >= 400, timeout=20)
