@@ -636,7 +636,8 @@ def test_port_and_url_need_a_started_server() -> None:
 
 
 def test_serves_https_with_an_ssl_context(tmp_path: Path, http_session: requests.Session) -> None:
-    trustme = pytest.importorskip("trustme")
+    import trustme
+
     ca = trustme.CA()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(context)

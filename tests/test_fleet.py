@@ -208,7 +208,6 @@ def test_command_line_writes_table_and_json(
 
 
 def test_plot_writes_a_png(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     scenario = fleet.scenario_b(horizon=3 * fleet.HOUR)
     ours = fleet.simulate(fleet.OurPolicy(), scenario, 50, SEED)
     base = fleet.simulate(fleet.FixedInterval(), scenario, 50, SEED)
