@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -58,8 +59,13 @@ class ProbeServer:
         self._server.socket.close()
         self._server.socket = sock
         self._server.server_address = sock.getsockname()
+        # No poll interval: an idle sidecar should not wake up twice a second to check
+        # for a shutdown request; ``stop`` wakes the loop with a connection instead.
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="probe-server", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": None},
+            name="probe-server",
+            daemon=True,
         )
 
     @property
@@ -75,8 +81,22 @@ class ProbeServer:
 
     def stop(self) -> None:
         if self._thread.is_alive():
-            self._server.shutdown()
+            stopping = threading.Thread(target=self._server.shutdown, daemon=True)
+            stopping.start()
+            for _ in range(20):  # bounded: one poke normally suffices
+                self._poke()
+                stopping.join(0.05)
+                if not stopping.is_alive():
+                    break
         self._server.server_close()
+
+    def _poke(self) -> None:
+        """Connect to ourselves, so the blocked accept loop sees the shutdown request."""
+        host, port = self._server.server_address[:2]
+        wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104
+        loopback = wildcard.get(str(host), host)
+        with contextlib.suppress(OSError):
+            socket.create_connection((str(loopback), int(port)), timeout=0.2).close()
 
 
 def _handler(
