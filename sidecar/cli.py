@@ -193,19 +193,28 @@ def _once(config: Any, environ: Mapping[str, str], log: Any, timeout: float) -> 
                     return EXIT_OK
                 left = deadline - time.monotonic()
                 if outcome.lane is not Lane.RETRYABLE:
-                    hint = outcome.error.hint if outcome.error else ""
-                    log.error("once_gave_up", reason="needs a human", attempts=attempts, hint=hint)
-                    return EXIT_FAILURE
+                    error = outcome.error
+                    detail = f"{error}; {error.hint}" if error else "needs a human"
+                    return _give_up(log, detail, attempts, hint=error.hint if error else "")
                 if outcome.delay >= left:
-                    reason = f"no token within {timeout:g}s"
-                    log.error("once_gave_up", reason=reason, attempts=attempts)
-                    return EXIT_FAILURE
+                    return _give_up(log, f"no token within {timeout:g}s", attempts)
                 time.sleep(outcome.delay)
     except _Interrupted as exc:
-        log.error("once_gave_up", reason=f"interrupted by {exc}", attempts=attempts)
-        return EXIT_FAILURE
+        return _give_up(log, f"interrupted by {exc}", attempts)
     finally:
         client.close()
+
+
+def _give_up(log: Any, reason: str, attempts: int, hint: str = "") -> int:
+    """An exit-1 message goes to stderr and, as an error event, to the log."""
+    print(
+        f"forestreet-sidecar: once gave up after {attempts} attempt(s): {reason}", file=sys.stderr
+    )
+    fields: dict[str, object] = {"reason": reason, "attempts": attempts}
+    if hint:
+        fields["hint"] = hint
+    log.error("once_gave_up", **fields)
+    return EXIT_FAILURE
 
 
 def _run(config: Any, environ: Mapping[str, str], log: Any) -> int:

@@ -38,6 +38,9 @@ def test_once_gives_up_at_once_on_a_credential_error(tmp_path: Path, fake_api: F
     assert events[-1]["event"] == "once_gave_up"
     assert events[-1]["level"] == "error"
     assert "check the API key" in events[-1]["hint"]
+    assert "once gave up after 1 attempt(s)" in result.stderr
+    assert "INVALID_CREDENTIALS" in result.stderr
+    assert "check the API key" in result.stderr
     assert not (tmp_path / "out" / "token").exists()
 
 
@@ -69,6 +72,7 @@ def test_once_stops_at_its_deadline_and_keeps_the_old_token(tmp_path: Path) -> N
     assert elapsed < 10
     assert len(api.requests) >= 2
     assert json_lines(result.stdout)[-1]["event"] == "once_gave_up"
+    assert "no token within 1.5s" in result.stderr
     assert token.read_text() == "previous.token"
 
 
