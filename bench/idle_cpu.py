@@ -30,6 +30,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from bench.common import (
     Figure,
     child_env,
+    compile_package,
     fake_api,
     free_port,
     parser,
@@ -52,6 +53,7 @@ class BenchError(RuntimeError):
 
 
 def measure(seconds: float = 60.0, settle: float = 2.0) -> list[Figure]:
+    compile_package()
     ticks_per_second = os.sysconf("SC_CLK_TCK")
     with (
         fake_api(lifetime=LIFETIME) as api,

@@ -31,6 +31,7 @@ from bench.common import (
     Figure,
     baseline_cmd,
     child_env,
+    compile_package,
     fake_api,
     free_port,
     median,
@@ -111,6 +112,7 @@ def steady_rss_kib(
 
 
 def measure(runs: int = 20, refreshes: int = 100, warmup: int = 1) -> list[Figure]:
+    compile_package()
     samples: dict[str, list[float]] = defaultdict(list)
     with (
         fake_api(lifetime=LIFETIME) as api,

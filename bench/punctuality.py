@@ -38,6 +38,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from bench.common import (
     Figure,
     child_env,
+    compile_package,
     fake_api,
     free_port,
     median,
@@ -108,6 +109,7 @@ def lateness(
 
 
 def measure(refreshes: int = 200, lifetime: float = 0.3) -> list[Figure]:
+    compile_package()
     timeout = 30.0 + 2 * refreshes * lifetime
     lines: list[str] = []
     with (

@@ -35,6 +35,7 @@ from bench.common import (
     Figure,
     baseline_cmd,
     child_env,
+    compile_package,
     fake_api,
     free_port,
     median,
@@ -129,6 +130,7 @@ def time_to_token(cmd: Sequence[str], env: dict[str, str], token_path: Path) -> 
 
 def measure(runs: int = 20, warmup: int = 1) -> list[Figure]:
     """Interleaved rounds of once / baseline / run / baseline; medians and ratios."""
+    compile_package()
     samples: dict[str, list[float]] = defaultdict(list)
     with fake_api(lifetime=3600.0) as api, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         root = Path(tmp)

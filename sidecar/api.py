@@ -31,6 +31,8 @@ REQUEST_HINT = "check api.base_url: the auth endpoint refused the request itself
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
+    """A validated session and when its request was sent."""
+
     session: Session
     sent_monotonic: float  # lifetimes count from here
     sent_wall: float

@@ -69,6 +69,8 @@ class KeySource:
 
 @dataclass(frozen=True, slots=True)
 class ApiConfig:
+    """The ``api`` section: where to ask, and how long to wait."""
+
     base_url: str = "https://rest.forestreet.com"
     key_file: Path | None = None
     key_env: str = "FORESTREET_API_KEY"
@@ -82,6 +84,8 @@ class ApiConfig:
 
 @dataclass(frozen=True, slots=True)
 class TokenConfig:
+    """The ``token`` section: where and how the token is written."""
+
     path: Path = Path("/var/run/forestreet/token")
     mode: int = 0o640
     group: str | None = None
@@ -92,6 +96,8 @@ class TokenConfig:
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
+    """The ``server`` section: the probe and metrics address."""
+
     listen: str = "0.0.0.0:9877"
 
     @property
@@ -101,12 +107,16 @@ class ServerConfig:
 
 @dataclass(frozen=True, slots=True)
 class LogConfig:
+    """The ``log`` section."""
+
     level: str = "info"
     format: str = "json"
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
+    """The effective configuration, with where each value came from."""
+
     api: ApiConfig = field(default_factory=ApiConfig)
     token: TokenConfig = field(default_factory=TokenConfig)
     refresh: RefreshPolicy = field(default_factory=RefreshPolicy)
@@ -263,6 +273,8 @@ class _EnvText(str):
 
 @dataclass(frozen=True, slots=True)
 class _UnquotedMode:
+    """A ``token.mode`` that YAML read as a number, with its source text."""
+
     number: int
     text: str
 

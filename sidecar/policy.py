@@ -74,6 +74,8 @@ class Lane(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class RefreshPolicy:
+    """When to refresh after a success (the ``refresh`` section)."""
+
     at_fraction: float = 0.8
     jitter_fraction: float = 0.1
     min_interval_seconds: float = 5.0
@@ -82,6 +84,8 @@ class RefreshPolicy:
 
 @dataclass(frozen=True, slots=True)
 class BackoffPolicy:
+    """How long to wait after a failure (the ``backoff`` section)."""
+
     initial_seconds: float = 1.0
     max_seconds: float = 300.0
     multiplier: float = 2.0
