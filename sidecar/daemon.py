@@ -272,9 +272,7 @@ class Daemon:
         finally:
             with self._lock:
                 self._running_since = None
-        with self._lock:
-            pending, self._hup_pending = self._hup_pending, False
-            self._after = 0.0 if pending else outcome.delay
+        self._after = outcome.delay
         self._report(outcome)
 
     def _job_done(self, event: Any) -> None:
@@ -302,6 +300,9 @@ class Daemon:
         with self._lock:
             if done:
                 self._busy = False
+                if self._hup_pending:  # a SIGHUP came while the attempt was under way
+                    self._hup_pending = False
+                    delay = 0.0
             elif force and self._busy:
                 # An attempt is under way; run again as soon as it ends.
                 self._hup_pending = True

@@ -309,3 +309,22 @@ def test_retries_due_at_once_are_never_dropped(tmp_path: Path, sidecars: Start) 
         )
         sidecars(["--config", str(config), "run"], base_env())
         wait_until(lambda: len(api.requests) >= 400, timeout=20)
+
+
+def test_a_sighup_during_an_attempt_runs_another_right_after(
+    tmp_path: Path, fake_api: FakeApi, sidecars: Start
+) -> None:
+    config = write_config(tmp_path, fake_api.url)
+    sidecar, _ = start_run(sidecars, config)
+    sidecar.wait_event("token_refreshed")
+    fake_api.script(Answer(delay=1.0))
+    sidecar.signal(signal.SIGHUP)
+    wait_until(lambda: len(fake_api.requests) == 2)
+    sidecar.signal(signal.SIGHUP)  # while the second request is still waiting for its answer
+    sidecar.wait_event("token_refreshed")
+    answered = time.monotonic()
+    wait_until(lambda: len(fake_api.requests) == 3, timeout=5)
+    # Not the hour-long normal schedule: the pending SIGHUP is served at once.
+    assert fake_api.requests[2].received_at - answered < 1.0
+    sidecar.wait_event("token_refreshed")
+    assert len(fake_api.issued) == 3
