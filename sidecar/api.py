@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from sidecar.errors import (
     TransientError,
 )
 from sidecar.policy import Lane, classify, parse_retry_after
-from sidecar.session import Session, parse
+from sidecar.session import Session, decode, validate
 
 # A session answer is a few hundred bytes; anything much larger is not one.
 MAX_BODY_BYTES = 64 * 1024
@@ -121,9 +120,16 @@ class ApiClient:
 
     def _interpret(self, response: requests.Response, body: bytes) -> Session:
         status = response.status_code
-        code = _error_code(body)
+        # Decoded once: the errorCode decides first, then the same document is validated.
+        try:
+            data, not_json = decode(body), None
+        except InvalidResponseError as exc:
+            data, not_json = None, exc
+        code = _error_code(data)
         if status == 200 and code is None:
-            return parse(body, require_refresh_token=self._require_refresh)
+            if not_json is not None:
+                raise not_json
+            return validate(data, require_refresh_token=self._require_refresh)
         lane, reason = classify(status, code)
         if status == 200 and reason == "http_200":
             # A 200 that carries an unknown errorCode is still not a session.
@@ -140,12 +146,8 @@ class ApiClient:
         raise EndpointError(reason, detail, hint=REQUEST_HINT, status=status)
 
 
-def _error_code(body: bytes) -> str | None:
+def _error_code(data: object) -> str | None:
     """The errorCode of an error body, if the body is one."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
     if isinstance(data, dict) and isinstance(data.get("errorCode"), str):
         return str(data["errorCode"])
     return None

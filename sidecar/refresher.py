@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from random import Random
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any
 
 from sidecar import sink
 from sidecar.api import ApiClient, Fetched
@@ -21,7 +21,7 @@ from sidecar.config import Config
 from sidecar.errors import CredentialError, EndpointError, RefreshError, TransientError
 from sidecar.logs import REDACTOR
 from sidecar.policy import Lane, next_refresh, retry_delay
-from sidecar.session import TOKEN_PATTERN, fingerprint, jwt_claims
+from sidecar.session import TOKEN_PATTERN, fingerprint, jwt_claims, positive_number
 
 if TYPE_CHECKING:  # prometheus_client is not needed on the way to the first token
     from sidecar.metrics import Metrics
@@ -196,13 +196,14 @@ class Refresher:
         self.failures += 1
         lane = lane_of(error)
         retry_after = error.retry_after if isinstance(error, TransientError) else None
+        remaining = self.remaining()
         delay = retry_delay(
             self.failures,
             lane,
             self.config.backoff,
             self.rng,
             retry_after=retry_after,
-            remaining=self.remaining(),
+            remaining=remaining,
         )
         failures = self.failures
         self._record(lambda metrics: metrics.failure(error.reason, duration, failures))
@@ -222,7 +223,6 @@ class Refresher:
             fields["retry_after"] = retry_after
         if error.hint:
             fields["hint"] = error.hint
-        remaining = self.remaining()
         fields["token_valid_for"] = None if remaining is None else round(remaining, 3)
         (self.log.error if loud else self.log.warning)("refresh_failed", **fields)
         return Outcome(ok=False, delay=delay, error=error, lane=lane)
@@ -245,9 +245,9 @@ class Refresher:
         if expires <= now:
             return None
         due = issued + next_refresh(lifetime, self.config.refresh, self.rng)
-        delay = max(0.0, due - now)
-        # A plan that would reach past expiry (a lifetime below min_interval) is pulled in.
-        delay = min(delay, max(0.0, expires - now))
+        # Never past expiry (a lifetime below min_interval), never beyond max_interval:
+        # what is on disk is not to be trusted with a schedule for years.
+        delay = min(max(0.0, due - now), expires - now, self.config.refresh.max_interval_seconds)
         self.token = TokenOnDisk(
             fingerprint=fingerprint(text),
             expires_monotonic=self.monotonic() + (expires - now),
@@ -280,25 +280,22 @@ class Refresher:
             return None
         if not isinstance(data, dict) or data.get("accessToken") != token_text:
             return None
-        obtained, lifetime = data.get("obtainedAt"), data.get("expiresIn")
-        if not _positive(obtained) or not _positive(lifetime):
+        obtained = positive_number(data.get("obtainedAt"))
+        lifetime = positive_number(data.get("expiresIn"))
+        if obtained is None or lifetime is None:
             return None
-        return float(obtained), float(lifetime), float(obtained) + float(lifetime)
+        return obtained, lifetime, obtained + lifetime
 
 
 def _expiry_from_jwt(token_text: str, now: float) -> tuple[float, float, float] | None:
     claims = jwt_claims(token_text)
-    if claims is None or not _positive(claims.get("exp")):
+    expires = positive_number(claims.get("exp")) if claims is not None else None
+    if claims is None or expires is None:
         return None
-    expires = float(claims["exp"])
-    issued = claims.get("iat")
-    if _positive(issued) and float(issued) < expires:
-        return float(issued), expires - float(issued), expires
+    issued = positive_number(claims.get("iat"))
+    if issued is not None and issued < expires:
+        return issued, expires - issued, expires
     return now, expires - now, expires
-
-
-def _positive(value: object) -> TypeGuard[float]:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
 
 
 def lane_of(error: RefreshError) -> Lane:
@@ -310,6 +307,12 @@ def lane_of(error: RefreshError) -> Lane:
 
 
 def iso(timestamp: float) -> str:
-    return (
-        datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    )
+    """ISO-8601 UTC for logs; a time outside what datetime holds is shown as a number.
+
+    An expiresIn of 1e300 is valid JSON and a finite, positive number: it must not crash.
+    """
+    try:
+        moment = datetime.fromtimestamp(timestamp, UTC)
+    except (OverflowError, OSError, ValueError):
+        return f"{timestamp:.0f}"
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")

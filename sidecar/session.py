@@ -39,10 +39,19 @@ class Session:
 
 def parse(body: bytes | str, *, require_refresh_token: bool = False) -> Session:
     """Validate a 200 body; raise InvalidResponseError naming what is wrong (never a value)."""
+    return validate(decode(body), require_refresh_token=require_refresh_token)
+
+
+def decode(body: bytes | str) -> object:
+    """The JSON document of a body; InvalidResponseError when it is not JSON."""
     try:
-        data = json.loads(body)
+        return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidResponseError("response body is not JSON") from exc
+
+
+def validate(data: object, *, require_refresh_token: bool = False) -> Session:
+    """Validate a decoded 200 body (see ``parse``)."""
     if not isinstance(data, dict):
         raise InvalidResponseError("response body is not a JSON object")
 
@@ -60,7 +69,7 @@ def parse(body: bytes | str, *, require_refresh_token: bool = False) -> Session:
 
     if "expiresIn" not in data:
         raise InvalidResponseError("response has no expiresIn")
-    expires_in = _positive_number(data["expiresIn"])
+    expires_in = positive_number(data["expiresIn"])
     if expires_in is None:
         raise InvalidResponseError("expiresIn is not a finite positive number")
 
@@ -78,8 +87,8 @@ def _is_token(value: object) -> bool:
     return isinstance(value, str) and TOKEN_PATTERN.fullmatch(value) is not None
 
 
-def _positive_number(value: object) -> float | None:
-    # bool is an int to Python but not a number to JSON.
+def positive_number(value: object) -> float | None:
+    """A finite number > 0 as a float, or None; a JSON boolean is not a number."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     try:
@@ -90,7 +99,7 @@ def _positive_number(value: object) -> float | None:
 
 
 def _timestamp_seconds(value: object) -> float | None:
-    number = _positive_number(value)
+    number = positive_number(value)
     if number is None:
         return None  # optional and only reported; a bad one is not worth a failure
     return number / 1000 if number > MILLISECONDS_THRESHOLD else number

@@ -328,3 +328,44 @@ def test_a_sighup_during_an_attempt_runs_another_right_after(
     assert fake_api.requests[2].received_at - answered < 1.0
     sidecar.wait_event("token_refreshed")
     assert len(fake_api.issued) == 3
+
+
+def test_an_absurd_but_valid_lifetime_neither_crashes_nor_schedules_for_ever(
+    tmp_path: Path, fake_api: FakeApi, sidecars: Start
+) -> None:
+    """expiresIn 1e300 is a finite positive JSON number; the daemon must keep running."""
+    fake_api.script(Answer(lifetime=1e300))
+    config = listening(tmp_path, fake_api.url)
+    sidecar, url = start_run(sidecars, config)
+    refreshed = sidecar.wait_event("token_refreshed")
+    assert refreshed["next_refresh_in"] <= 3600  # refresh.max_interval_seconds
+    assert get(url + "/readyz").status_code == 200
+    assert get(url + "/healthz").status_code == 200
+    sidecar.signal(signal.SIGHUP)
+    sidecar.wait_event("token_refreshed")
+    sidecar.signal(signal.SIGTERM)
+    assert sidecar.wait() == 0
+
+
+def test_a_kept_token_with_an_absurd_exp_is_refreshed_within_max_interval(
+    tmp_path: Path, fake_api: FakeApi, sidecars: Start
+) -> None:
+    """A JWT on disk claiming iat and exp in the year 3,000,000 must not crash the start."""
+    import base64
+    import json as json_module
+
+    def part(document: dict[str, Any]) -> str:
+        raw = json_module.dumps(document).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    out = tmp_path / "out"
+    out.mkdir()
+    claims = {"iat": 9e13, "exp": 9.5e13}
+    (out / "token").write_text(f"{part({'alg': 'none'})}.{part(claims)}.sig")
+    config = write_config(tmp_path, fake_api.url)
+    sidecar, _ = start_run(sidecars, config)
+    kept = sidecar.wait_event("token_kept")
+    assert kept["next_refresh_in"] <= 3600
+    assert fake_api.requests == []
+    sidecar.signal(signal.SIGTERM)
+    assert sidecar.wait() == 0
