@@ -15,7 +15,7 @@ from types import FrameType
 from typing import Any
 
 from sidecar import __version__
-from sidecar.errors import ConfigError, StartupError
+from sidecar.errors import ConfigError, Interrupted, StartupError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -112,7 +112,7 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         overrides["log.format"] = args.log_format
     config = config_module.load(args.config, environ, overrides)
     if args.command == "check-config":
-        return _check_config(config)
+        return _check_config(config, environ)
 
     from sidecar import logs, sink
 
@@ -132,7 +132,7 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return _run(config, environ, log)
 
 
-def _check_config(config: Any) -> int:
+def _check_config(config: Any, environ: Mapping[str, str]) -> int:
     import yaml
 
     from sidecar.config import effective
@@ -140,7 +140,7 @@ def _check_config(config: Any) -> int:
 
     print(yaml.safe_dump(effective(config), sort_keys=False).rstrip())
     try:
-        key_fingerprint = fingerprint(config.key.read(os.environ).value)
+        key_fingerprint = fingerprint(config.key.read(environ).value)
     except (OSError, ValueError) as exc:
         key_fingerprint = f"unreadable ({exc.__class__.__name__})"
     print(f"# API key: from {config.key.describe()} ({key_fingerprint})")
@@ -149,10 +149,6 @@ def _check_config(config: Any) -> int:
     for warning in config.warnings:
         print(f"# warning: {warning}", file=sys.stderr)
     return EXIT_OK
-
-
-class _Interrupted(Exception):  # noqa: N818 - a signal, not an error
-    pass
 
 
 @contextlib.contextmanager
@@ -164,7 +160,7 @@ def _interruptible() -> Iterator[None]:
     """
 
     def interrupt(signum: int, _frame: FrameType | None) -> None:
-        raise _Interrupted(signal.Signals(signum).name)
+        raise Interrupted(signal.Signals(signum).name)
 
     previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
     previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -199,7 +195,7 @@ def _once(config: Any, environ: Mapping[str, str], log: Any, timeout: float) -> 
                 if outcome.delay >= left:
                     return _give_up(log, f"no token within {timeout:g}s", attempts)
                 time.sleep(outcome.delay)
-    except _Interrupted as exc:
+    except Interrupted as exc:
         return _give_up(log, f"interrupted by {exc}", attempts)
     finally:
         client.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import grp
 import math
-import os
 import re
 import stat
 from collections.abc import Callable, Mapping
@@ -514,20 +513,21 @@ def _find_key(
     warnings: list[str] = []
     if api.key_file is not None:
         origin = sources.get("api.key_file", "")
+        source = KeySource("file", str(api.key_file))
         try:
-            info = api.key_file.stat()
-            api.key_file.read_bytes()
+            source.read(environ)
+            readable_by_all = api.key_file.stat().st_mode & stat.S_IROTH
         except OSError as exc:
             problems.add("api.key_file", f"cannot read {api.key_file}: {exc.strerror}", origin)
             return None, warnings
-        if not api.key_file.read_text(encoding="utf-8", errors="replace").strip():
-            problems.add("api.key_file", f"{api.key_file} is empty", origin)
+        except (ValueError, UnicodeDecodeError):
+            problems.add("api.key_file", f"{api.key_file} is empty or not text", origin)
             return None, warnings
-        if info.st_mode & stat.S_IROTH:
+        if readable_by_all:
             warnings.append(
                 f"api.key_file: {api.key_file} is readable by every user; chmod 0600 or 0640 it"
             )
-        return KeySource("file", str(api.key_file)), warnings
+        return source, warnings
     if environ.get(api.key_env, "").strip():
         return KeySource("env", api.key_env), warnings
     credentials = environ.get("CREDENTIALS_DIRECTORY")
@@ -555,7 +555,3 @@ def effective(config: Config) -> dict[str, dict[str, object]]:
             value = str(value)
         out.setdefault(section, {})[key] = value
     return out
-
-
-def default_environ() -> Mapping[str, str]:
-    return os.environ

@@ -9,11 +9,9 @@ jumps (a job fired early is put back; one the clock made late is run now).
 from __future__ import annotations
 
 import contextlib
-import os
 import select
 import signal
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +21,7 @@ from typing import Any
 
 from sidecar import sink
 from sidecar.config import Config
+from sidecar.errors import Interrupted
 from sidecar.notify import Notifier
 from sidecar.refresher import Outcome, Refresher, Stopping, iso
 from sidecar.session import fingerprint
@@ -33,10 +32,6 @@ SHUTDOWN_SECONDS = 4.0
 CLOCK_SLACK_SECONDS = 0.5
 # Beyond its own deadline (twice the timeout), an attempt this late means a stuck loop.
 STUCK_SLACK_SECONDS = 10.0
-
-
-class Interrupted(BaseException):
-    """Raised in the main thread by a stop signal during the first attempt."""
 
 
 class _Waker:
@@ -173,7 +168,6 @@ class Daemon:
             if self._stop_signal is not None:
                 return None
             due = self.monotonic() + self.refresher.attempt().delay
-            self._raise_on_stop = False
         except Interrupted:
             return None
         finally:
@@ -182,21 +176,20 @@ class Daemon:
 
     def run(self, first_due: float) -> int:
         """Refresh until SIGTERM/SIGINT, the next attempt due at ``first_due`` (monotonic)."""
-        from apscheduler.executors.pool import ThreadPoolExecutor
-        from apscheduler.schedulers.background import BackgroundScheduler
-
         # Imported here: the first token must not wait for the scheduler's imports.
-        self._scheduler = BackgroundScheduler(
-            timezone=UTC,
-            executors={"default": ThreadPoolExecutor(max_workers=1)},
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
-        )
         from apscheduler.events import (
             EVENT_JOB_ERROR,
             EVENT_JOB_EXECUTED,
             EVENT_JOB_MAX_INSTANCES,
         )
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.schedulers.background import BackgroundScheduler
 
+        self._scheduler = BackgroundScheduler(
+            timezone=UTC,
+            executors={"default": ThreadPoolExecutor(max_workers=1)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
         self._dropped_code = EVENT_JOB_MAX_INSTANCES
         self._scheduler.add_listener(
             self._job_done, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MAX_INSTANCES
@@ -371,17 +364,11 @@ class Daemon:
         finished = self.refresher.write_lock.acquire(timeout=SHUTDOWN_SECONDS)
         if finished:
             self.refresher.write_lock.release()
-        for temp in sink.sweep_stale(self.config.token.path):
-            self.log.warning("temp_removed", path=str(temp))
-        with self._lock:
-            busy = self._running_since is not None
+        for path in (self.config.token.path, self.config.token.session_path):
+            for temp in sink.sweep_stale(path) if path is not None else ():
+                self.log.warning("temp_removed", path=str(temp))
         self.notifier.close()
-        self.refresher.client.close()
         self._wake.close()
-        if busy:
-            # A request is still hanging in the worker thread; nothing of ours is
-            # half-written, so leave without waiting for its timeout.
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(0)
+        # A request may still hang in the worker thread: nothing of ours is half-written,
+        # and the console script leaves with os._exit instead of joining that thread.
         return 0

@@ -13,10 +13,17 @@ re-raised as one of these, ``from`` the original::
         ├── CredentialError               slow lane; hint: check the key
         └── EndpointError                 slow lane; hint: check api.base_url
 
+Outside the tree, ``Interrupted`` is how a stop signal aborts the main thread's
+request: a BaseException, so no ``except Exception`` on the way can swallow it.
+
 No message here ever carries the API key or a token.
 """
 
 from __future__ import annotations
+
+
+class Interrupted(BaseException):
+    """Raised in the main thread by SIGTERM/SIGINT to abort what it is doing."""
 
 
 class SidecarError(Exception):
