@@ -137,7 +137,10 @@ class Sidecar:
     _threads: list[threading.Thread] = field(default_factory=list)
 
 
-def start_sidecar(args: list[str], env: dict[str, str], cwd: Path | None = None) -> Sidecar:
+def start_sidecar(
+    args: list[str], env: dict[str, str], cwd: Path | None = None, **popen: Any
+) -> Sidecar:
+    """The command in a subprocess; ``popen`` adds Popen options (preexec_fn, umask)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "sidecar", *args],
         stdout=subprocess.PIPE,
@@ -145,6 +148,7 @@ def start_sidecar(args: list[str], env: dict[str, str], cwd: Path | None = None)
         text=True,
         env=env,
         cwd=cwd,
+        **popen,
     )
     sidecar = Sidecar(process)
     for target in (sidecar._pump, sidecar._pump_err):

@@ -23,15 +23,13 @@ import resource
 import shutil
 import signal
 import subprocess
-import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from sidecar.fake_api import FakeApi
-from tests.conftest import Sidecar, base_env, get, wait_until, write_config
+from tests.conftest import Sidecar, base_env, get, start_sidecar, wait_until, write_config
 from tests.test_faults import TokenState, failure_counts
 
 Breaker = Callable[[Path], contextlib.AbstractContextManager[None]]
@@ -53,21 +51,7 @@ def start_with(
     umask: int = -1,
 ) -> Sidecar:
     """conftest.start_sidecar with a preexec hook (capabilities) and a umask."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sidecar", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        preexec_fn=preexec,  # noqa: PLW1509 - no thread of ours runs in the child
-        umask=umask,
-    )
-    sidecar = Sidecar(process)
-    for target in (sidecar._pump, sidecar._pump_err):
-        thread = threading.Thread(target=target, daemon=True)
-        thread.start()
-        sidecar._threads.append(thread)
-    return sidecar
+    return start_sidecar(args, env, preexec_fn=preexec, umask=umask)
 
 
 @pytest.fixture
