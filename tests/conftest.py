@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 import requests
+import trustme
 import yaml
 
 from sidecar.fake_api import FakeApi
@@ -29,6 +31,18 @@ REPO = Path(__file__).resolve().parent.parent
 def fake_api() -> Iterator[FakeApi]:
     with FakeApi(lifetime=3600.0, seed=7) as api:
         yield api
+
+
+@pytest.fixture
+def tls_api(tmp_path: Path) -> Iterator[tuple[FakeApi, Path]]:
+    """The fake API over HTTPS with a certificate from a local CA, and that CA's bundle."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_context)
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    with FakeApi(ssl_context=server_context) as api:
+        yield api, bundle
 
 
 def write_config(directory: Path, base_url: str, **sections: dict[str, Any]) -> Path:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Iterator
 from email.utils import formatdate
 from pathlib import Path
 
 import pytest
-import trustme
 
 from sidecar.api import MAX_BODY_BYTES, ApiClient
 from sidecar.config import ApiConfig, Secret
@@ -198,17 +196,6 @@ def test_a_reset_mid_body_is_a_connection_error(fake_api: FakeApi, client: ApiCl
     assert error.reason == "connection_error"
     fake_api.script(Answer(reset=True, body=b""))
     assert failure(client).reason == "connection_error"
-
-
-@pytest.fixture
-def tls_api(tmp_path: Path) -> Iterator[tuple[FakeApi, Path]]:
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_context)
-    bundle = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(bundle))
-    with FakeApi(ssl_context=server_context) as api:
-        yield api, bundle
 
 
 def test_tls_with_a_ca_bundle(tls_api: tuple[FakeApi, Path]) -> None:

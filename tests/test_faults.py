@@ -16,7 +16,6 @@ import contextlib
 import itertools
 import signal
 import socket
-import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -25,7 +24,6 @@ from email.utils import formatdate
 from pathlib import Path
 
 import pytest
-import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.fake_api import ERROR_CODES, Answer, FakeApi
@@ -416,17 +414,6 @@ def test_an_unreachable_api_is_retryable_and_keeps_the_token(
 
 
 # -- TLS through the real command ---------------------------------------------------------------
-
-
-@pytest.fixture
-def tls_api(tmp_path: Path) -> Iterator[tuple[FakeApi, Path]]:
-    ca = trustme.CA()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
-    bundle = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(bundle))
-    with FakeApi(ssl_context=context) as api:
-        yield api, bundle
 
 
 def test_once_over_tls_succeeds_with_ca_bundle(
