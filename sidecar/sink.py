@@ -6,6 +6,7 @@ import contextlib
 import errno
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,9 +34,7 @@ def write_atomic(path: Path, data: bytes, *, mode: int, gid: int | None = None) 
     temp = Path(temp_name)
     try:
         try:
-            if gid is not None:
-                os.fchown(fd, -1, gid)
-            os.fchmod(fd, mode)
+            _own(fd, mode, gid)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
@@ -52,6 +51,20 @@ def write_atomic(path: Path, data: bytes, *, mode: int, gid: int | None = None) 
         with contextlib.suppress(OSError):
             temp.unlink()
         raise
+
+
+def _own(fd: int, mode: int, gid: int | None) -> None:
+    """Give the new file its group and mode, calling only what would change something.
+
+    A hardened unit forbids chown altogether (systemd's ``@privileged`` set holds the
+    chown calls): there the group comes from ``Group=``, and a chown to the group the
+    file was created with anyway must not fail the write.
+    """
+    created = os.fstat(fd)
+    if gid is not None and created.st_gid != gid:
+        os.fchown(fd, -1, gid)
+    if stat.S_IMODE(created.st_mode) != mode:
+        os.fchmod(fd, mode)
 
 
 def write_json_atomic(
@@ -83,12 +96,20 @@ def stale_temps(path: Path) -> Iterator[Path]:
 
 
 def sweep_stale(path: Path) -> list[Path]:
-    """Remove the temporary files a crash left next to ``path``; return what was removed."""
+    """Remove the temporary files a crash left next to ``path``; return what was removed.
+
+    Only files (or links) are ours to remove: a directory that merely bears the name, or
+    an entry we may not delete, is left alone rather than stopping the start.
+    """
     removed = []
     for entry in stale_temps(path):
-        with contextlib.suppress(FileNotFoundError):
+        try:
+            if stat.S_ISDIR(entry.lstat().st_mode):
+                continue
             entry.unlink()
-            removed.append(entry)
+        except OSError:
+            continue
+        removed.append(entry)
     return removed
 
 

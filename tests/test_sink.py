@@ -155,3 +155,53 @@ def test_read_text_refuses_what_cannot_be_a_token(tmp_path: Path) -> None:
     binary = tmp_path / "bin"
     binary.write_bytes(b"\xff\xfe")
     assert sink.read_text(binary) is None
+
+
+@pytest.fixture
+def chown_forbidden(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """fchown fails as under systemd's ``SystemCallFilter=~@privileged``; the calls are kept."""
+    calls: list[int] = []
+
+    def refused(_fd: int, _uid: int, gid: int) -> None:
+        calls.append(gid)
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchown", refused)
+    return calls
+
+
+def test_a_group_the_file_gets_anyway_needs_no_chown(
+    tmp_path: Path, chown_forbidden: list[int]
+) -> None:
+    """The systemd case: the group comes from Group=, and token.group names that same group."""
+    target = tmp_path / "token"
+    own_gid = tmp_path.stat().st_gid if tmp_path.stat().st_mode & stat.S_ISGID else os.getegid()
+    sink.write_atomic(target, b"a.b", mode=0o640, gid=own_gid)
+    assert target.read_bytes() == b"a.b"
+    assert target.stat().st_gid == own_gid
+    assert mode_of(target) == 0o640
+    assert chown_forbidden == []
+
+
+def test_another_group_still_asks_for_a_chown(tmp_path: Path, chown_forbidden: list[int]) -> None:
+    target = tmp_path / "token"
+    other = os.getegid() + 4242
+    with pytest.raises(WriteError, match="Operation not permitted"):
+        sink.write_atomic(target, b"a.b", mode=0o640, gid=other)
+    assert chown_forbidden == [other]
+    assert not target.exists()
+    assert not list(sink.stale_temps(target))
+
+
+def test_a_directory_named_like_a_temp_file_does_not_stop_the_sweep(tmp_path: Path) -> None:
+    target = tmp_path / "token"
+    squatter = tmp_path / ".token.tmp-dir"
+    squatter.mkdir()
+    (squatter / "inside").write_text("x")
+    leftover = tmp_path / ".token.tmp-file"
+    leftover.write_text("half")
+    assert sink.sweep_stale(target) == [leftover]
+    assert squatter.is_dir()
+    sink.check_writable(target)
+    sink.write_atomic(target, b"a.b", mode=0o640)
+    assert target.read_bytes() == b"a.b"
