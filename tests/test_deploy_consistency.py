@@ -166,7 +166,8 @@ def test_token_path_agrees_across_chart_image_and_unit() -> None:
     assert {m["mountPath"] for m in mounts if m["name"] == "forestreet-token"} == {token_dir}
     assert "/var/run/forestreet" in " ".join(dockerfile("RUN"))
     assert unit("RuntimeDirectory") == [SPEC.systemd_runtime_directory]
-    assert f"FORESTREET_SIDECAR_TOKEN_PATH={SPEC.systemd_token_path}" in unit("Environment")
+    unit_config = yaml.safe_load((REPO / "systemd" / "config.yaml").read_text())
+    assert unit_config["token"]["path"] == SPEC.systemd_token_path
     assert SPEC.systemd_token_path == f"/run/{SPEC.systemd_runtime_directory}/token"
 
 

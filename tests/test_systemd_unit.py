@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SYSTEMD = REPO / "systemd"
@@ -112,11 +113,14 @@ def test_runtime_directory_survives_restarts(unit: list[Directive]) -> None:
 
 
 def test_token_is_written_into_the_runtime_directory(unit: list[Directive]) -> None:
-    """FORESTREET_SIDECAR_TOKEN_PATH points into /run/<RuntimeDirectory>/."""
-    env = dict(e.split("=", 1) for e in values(unit, "Environment"))
+    """systemd/config.yaml, which check-config reads, puts the token in /run/<RuntimeDirectory>/
+    with the unit's Group= (the group the file is created with: no chown, which the filter forbids).
+    The unit itself sets no FORESTREET_SIDECAR_* variable that check-config would not see."""
+    config = yaml.safe_load((SYSTEMD / "config.yaml").read_text())
     runtime = value(unit, "RuntimeDirectory")
-    assert env["FORESTREET_SIDECAR_TOKEN_PATH"] == f"/run/{runtime}/token"
-    assert env["FORESTREET_SIDECAR_TOKEN_GROUP"] == value(unit, "Group")
+    assert config["token"]["path"] == f"/run/{runtime}/token"
+    assert config["token"]["group"] == value(unit, "Group")
+    assert not [e for e in values(unit, "Environment") if e.startswith("FORESTREET_SIDECAR_")]
 
 
 def test_umask_and_no_capabilities(unit: list[Directive]) -> None:
