@@ -18,9 +18,14 @@ The pod must run with fsGroup equal to values.podSecurityContext.fsGroup (10001 
 token file is written with that group and mode 0640, and the API key file is readable by it.
 
 Paths are fixed, so every user of these templates agrees on them:
-  /var/run/forestreet/token              token file (memory-backed emptyDir, whole directory)
-  /var/run/secrets/forestreet/api-key    API key (Secret volume, whole directory, never subPath)
-  /etc/forestreet-sidecar/config.yaml    configuration (ConfigMap volume)
+  /var/run/forestreet/token                    token file (memory-backed emptyDir, whole directory)
+  /var/run/secrets/forestreet/api-key          API key (Secret volume, whole directory, never subPath)
+  /etc/forestreet-sidecar/config.yaml          configuration (ConfigMap volume)
+  /etc/forestreet-sidecar-ca/ca-bundle.pem     private CA bundle, only with values.caBundle (its
+                                               ConfigMap or Secret; api.ca_bundle points here)
+
+values.sidecar.extraVolumeMounts are added to the sidecar container as given; the volumes they
+name are the pod's own (values.extraVolumes in this chart, your pod's volumes in a parent chart).
 */}}
 
 {{/* Base name of the ConfigMap and Secret: <release>-forestreet-sidecar unless overridden. */}}
@@ -51,13 +56,90 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- end }}
 {{- end }}
 
-{{/* Sidecar image reference: the digest wins over the tag. */}}
-{{- define "forestreet-sidecar.image" -}}
-{{- $img := .values.sidecar.image }}
+{{/*
+An image reference, from a dict:
+  image   an image value: repository, registry (optional), tag, digest (optional)
+  global  the values' global (optional): global.imageRegistry wins over image.registry
+  what    the value's path, for the error message ("sidecar.image")
+The registry goes in front of the repository, unless the repository already names a host: its
+first path component contains "." or ":" or is "localhost" (Docker's rule), e.g.
+registry.example.com/forestreet-sidecar, which is then used as it is. The digest wins over the tag.
+*/}}
+{{- define "forestreet-sidecar.imageReference" -}}
+{{- $img := .image }}
+{{- $repo := toString $img.repository }}
+{{- $registry := default (toString (default "" $img.registry)) (toString (default "" (default dict .global).imageRegistry)) }}
+{{- $first := splitList "/" $repo | first }}
+{{- $hasHost := and (contains "/" $repo) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) }}
+{{- if and $registry (not $hasHost) }}
+{{- $repo = printf "%s/%s" (trimSuffix "/" $registry) $repo }}
+{{- end }}
 {{- if $img.digest }}
-{{- printf "%s@%s" $img.repository $img.digest }}
+{{- printf "%s@%s" $repo $img.digest }}
 {{- else }}
-{{- printf "%s:%s" $img.repository (required "forestreet-sidecar: sidecar.image.tag is required" $img.tag | toString) }}
+{{- printf "%s:%s" $repo (required (printf "forestreet-sidecar: %s.tag is required" .what) $img.tag | toString) }}
+{{- end }}
+{{- end }}
+
+{{/* The values' global, in this chart or as a parent chart's dependency. */}}
+{{- define "forestreet-sidecar.global" -}}
+{{- toYaml (default (default dict .root.Values.global) .values.global) }}
+{{- end }}
+
+{{/* Sidecar image reference: [registry/]repository, then @digest or :tag. */}}
+{{- define "forestreet-sidecar.image" -}}
+{{- include "forestreet-sidecar.imageReference" (dict "image" .values.sidecar.image "global" (include "forestreet-sidecar.global" . | fromYaml) "what" "sidecar.image") }}
+{{- end }}
+
+{{/*
+The CA bundle volume's source: (dict "configMap" NAME) or (dict "secret" NAME), or an empty dict
+without values.caBundle; fails when both are set.
+*/}}
+{{- define "forestreet-sidecar.caBundleSource" -}}
+{{- $ca := default dict .values.caBundle }}
+{{- if and $ca.configMap $ca.secret }}
+{{- fail "forestreet-sidecar: set caBundle.configMap or caBundle.secret, not both" }}
+{{- else if $ca.configMap }}
+{{- toYaml (dict "configMap" (toString $ca.configMap)) }}
+{{- else if $ca.secret }}
+{{- toYaml (dict "secret" (toString $ca.secret)) }}
+{{- else }}
+{{- toYaml dict }}
+{{- end }}
+{{- end }}
+
+{{/* Where the sidecar finds the CA bundle of values.caBundle (api.ca_bundle). */}}
+{{- define "forestreet-sidecar.caBundlePath" -}}
+/etc/forestreet-sidecar-ca/ca-bundle.pem
+{{- end }}
+
+{{/*
+One probe of the sidecar, from a dict: probe (the values' probe), path and port (the default
+httpGet). Without a handler of its own (httpGet, exec, tcpSocket, grpc) the probe asks path on
+port; an httpGet of its own is merged over that default, any other handler replaces it. Every
+other field (timings, thresholds) is rendered as given.
+*/}}
+{{- define "forestreet-sidecar.probe" -}}
+{{- $p := default dict .probe }}
+{{- $handlers := list }}
+{{- range $h := list "exec" "grpc" "httpGet" "tcpSocket" }}
+{{- if hasKey $p $h }}
+{{- $handlers = append $handlers $h }}
+{{- end }}
+{{- end }}
+{{- if gt (len $handlers) 1 }}
+{{- fail (printf "forestreet-sidecar: a sidecar probe has more than one handler (%s); keep one" (join ", " $handlers)) }}
+{{- end }}
+{{- $httpGet := dict "path" .path "port" .port }}
+{{- if not $handlers }}
+{{- toYaml (dict "httpGet" $httpGet) }}
+{{- else if eq (first $handlers) "httpGet" }}
+{{- toYaml (dict "httpGet" (mustMergeOverwrite $httpGet (deepCopy (default dict $p.httpGet)))) }}
+{{- else }}
+{{- toYaml (pick $p (first $handlers)) }}
+{{- end }}
+{{- with omit $p "exec" "grpc" "httpGet" "tcpSocket" }}
+{{ toYaml . }}
 {{- end }}
 {{- end }}
 
@@ -85,11 +167,20 @@ The defaults are what the volumes below provide, so they only change together.
 {{- $_ := set $token "group" (toString .) }}
 {{- end }}
 {{- end }}
+{{- $api := dict "key_file" "/var/run/secrets/forestreet/api-key" }}
+{{- $caSource := include "forestreet-sidecar.caBundleSource" . | fromYaml }}
+{{- $caPath := include "forestreet-sidecar.caBundlePath" . }}
+{{- if $caSource }}
+{{- $_ := set $api "ca_bundle" $caPath }}
+{{- end }}
 {{- $defaults := dict
-      "api" (dict "key_file" "/var/run/secrets/forestreet/api-key")
+      "api" $api
       "token" $token
       "server" (dict "listen" (printf "0.0.0.0:%v" $v.sidecar.port)) }}
 {{- $config := mustMergeOverwrite $defaults (deepCopy (default dict $v.sidecar.config)) }}
+{{- if and $caSource (ne (toString $config.api.ca_bundle) $caPath) }}
+{{- fail (printf "forestreet-sidecar: sidecar.config.api.ca_bundle %q and caBundle both set: caBundle mounts the bundle at %s and sets api.ca_bundle itself; drop one" (toString $config.api.ca_bundle) $caPath) }}
+{{- end }}
 {{- $path := toString $config.token.path }}
 {{- if not (hasPrefix "/var/run/forestreet/" $path) }}
 {{- fail (printf "forestreet-sidecar: sidecar.config.token.path %q must be in /var/run/forestreet/ (the shared emptyDir)" $path) }}
@@ -141,20 +232,11 @@ checksum/forestreet-sidecar-config: {{ include "forestreet-sidecar.config" . | s
       protocol: TCP
   # The application container starts only once this succeeds, i.e. once a valid token is on disk.
   startupProbe:
-    httpGet:
-      path: /readyz
-      port: {{ $s.port }}
-    {{- toYaml $s.startupProbe | nindent 4 }}
+    {{- include "forestreet-sidecar.probe" (dict "probe" $s.startupProbe "path" "/readyz" "port" $s.port) | nindent 4 }}
   livenessProbe:
-    httpGet:
-      path: /healthz
-      port: {{ $s.port }}
-    {{- toYaml $s.livenessProbe | nindent 4 }}
+    {{- include "forestreet-sidecar.probe" (dict "probe" $s.livenessProbe "path" "/healthz" "port" $s.port) | nindent 4 }}
   readinessProbe:
-    httpGet:
-      path: /readyz
-      port: {{ $s.port }}
-    {{- toYaml $s.readinessProbe | nindent 4 }}
+    {{- include "forestreet-sidecar.probe" (dict "probe" $s.readinessProbe "path" "/readyz" "port" $s.port) | nindent 4 }}
   {{- with $s.resources }}
   resources:
     {{- toYaml . | nindent 4 }}
@@ -170,6 +252,14 @@ checksum/forestreet-sidecar-config: {{ include "forestreet-sidecar.config" . | s
     - name: forestreet-config
       mountPath: /etc/forestreet-sidecar
       readOnly: true
+    {{- if include "forestreet-sidecar.caBundleSource" . | fromYaml }}
+    - name: forestreet-ca-bundle
+      mountPath: {{ include "forestreet-sidecar.caBundlePath" . | dir }}
+      readOnly: true
+    {{- end }}
+    {{- with $s.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
 {{- end }}
 
 {{/* The pod volumes the sidecar needs. */}}
@@ -188,6 +278,22 @@ checksum/forestreet-sidecar-config: {{ include "forestreet-sidecar.config" . | s
 - name: forestreet-config
   configMap:
     name: {{ include "forestreet-sidecar.resourceName" . }}
+{{- with include "forestreet-sidecar.caBundleSource" . | fromYaml }}
+{{- $items := list (dict "key" (toString $.values.caBundle.key) "path" (include "forestreet-sidecar.caBundlePath" $ | base)) }}
+# The private CA of values.caBundle, as the file api.ca_bundle names (a directory mount, no subPath).
+- name: forestreet-ca-bundle
+  {{- if .configMap }}
+  configMap:
+    name: {{ .configMap }}
+    items:
+      {{- toYaml $items | nindent 6 }}
+  {{- else }}
+  secret:
+    secretName: {{ .secret }}
+    items:
+      {{- toYaml $items | nindent 6 }}
+  {{- end }}
+{{- end }}
 {{- end }}
 
 {{/*
