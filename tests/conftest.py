@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import queue
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,11 +73,41 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def secret_forms(secret: str) -> set[str]:
+    """Every encoding in which a secret could leak into output: clear, repr, JSON, URL, base64."""
+    raw = secret.encode("utf-8", "surrogateescape")
+    forms = {
+        secret,
+        repr(secret)[1:-1],
+        json.dumps(secret)[1:-1],
+        urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote_plus(secret, safe=""),
+        base64.b64encode(raw).decode().rstrip("="),
+        base64.urlsafe_b64encode(raw).decode().rstrip("="),
+    }
+    return {form for form in forms if form}
+
+
+def assert_clean_output(text: str, secrets: list[str]) -> None:
+    """What the command printed holds no traceback and no secret in any encoding."""
+    assert "Traceback (most recent call last)" not in text, text[-4000:]
+    for secret in secrets:
+        for form in secret_forms(secret):
+            assert form not in text, f"a secret leaked in the form {form!r}"
+
+
+def env_secrets(env: dict[str, str]) -> list[str]:
+    """The API key the command was given, when it is long enough to be told from other text."""
+    key = env.get("FORESTREET_API_KEY", "").strip()
+    return [key] if len(key) >= 8 else []
+
+
 @dataclass
 class Sidecar:
     """The real command in a subprocess, with its stdout parsed as JSON log lines."""
 
     process: subprocess.Popen[str]
+    secrets: list[str] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     stderr: list[str] = field(default_factory=list)
     raw: list[str] = field(default_factory=list)
@@ -147,6 +179,13 @@ class Sidecar:
         for stream in (self.process.stdout, self.process.stderr):
             if stream is not None:
                 stream.close()
+        while not self._lines.empty():
+            self.raw.append(self._lines.get())
+        self.assert_clean()
+
+    def assert_clean(self) -> None:
+        """No traceback and no secret in anything the process printed (checked at every stop)."""
+        assert_clean_output("".join(self.raw) + "".join(self.stderr), self.secrets)
 
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -164,7 +203,7 @@ def start_sidecar(
         cwd=cwd,
         **popen,
     )
-    sidecar = Sidecar(process)
+    sidecar = Sidecar(process, secrets=env_secrets(env))
     for target in (sidecar._pump, sidecar._pump_err):
         thread = threading.Thread(target=target, daemon=True)
         thread.start()
@@ -185,21 +224,31 @@ def sidecars() -> Iterator[Callable[..., Sidecar]]:
         return sidecar
 
     yield start
-    for sidecar in started:
-        sidecar.stop()
+    unclean: list[AssertionError] = []
+    for sidecar in started:  # every process is stopped before any finding is raised
+        try:
+            sidecar.stop()
+        except AssertionError as exc:
+            unclean.append(exc)
+    if unclean:
+        raise unclean[0]
 
 
 def run_command(
     args: list[str], env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    """The command to its end; what it printed is checked for tracebacks and secrets."""
+    env = env or base_env()
+    done = subprocess.run(
         [sys.executable, "-m", "sidecar", *args],
         capture_output=True,
         text=True,
-        env=env or base_env(),
+        env=env,
         timeout=timeout,
         check=False,
     )
+    assert_clean_output(done.stdout + done.stderr, env_secrets(env))
+    return done
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:
