@@ -58,7 +58,7 @@ def test_precedence_is_command_line_then_environment_then_file(tmp_path: Path) -
     path = yaml_file(
         tmp_path,
         "log: {level: warning, format: console}\nrefresh: {at_fraction: 0.5}\n"
-        "api: {base_url: 'http://file.example/'}\n",
+        "api: {base_url: 'http://file.example/', allow_insecure_http: true}\n",
     )
     environ = {
         **KEY_ENV,
@@ -98,7 +98,7 @@ def test_every_key_has_an_environment_variable() -> None:
     assert config.token.gid == os.getgid()
     assert config.server.address is None
     assert config.backoff.multiplier == 3
-    assert len(keys()) == 20
+    assert len(keys()) == 21
 
 
 def test_unquoted_mode_is_explained(tmp_path: Path) -> None:
