@@ -40,6 +40,20 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     args_list = list(sys.argv[1:] if argv is None else argv)
     env = os.environ if environ is None else environ
     parser = _parser(with_fake_api="fake-api" in args_list)
+    if not args_list and not _configured(env):
+        # `run` is the default command, but with no argument and nothing configured it
+        # could only fail on the missing key: a first-time user typing the bare name wants
+        # to know what the command does. Exit 2 (usage) rather than 78, since nothing was
+        # configured wrongly; any configuration at all (a config file, one
+        # FORESTREET_SIDECAR_* variable, a key) keeps `run` the default, as containers
+        # and units rely on.
+        parser.print_usage(sys.stderr)
+        print(
+            "forestreet-sidecar: nothing is configured (no --config, no FORESTREET_SIDECAR_*"
+            " variables, no API key); see --help, or run `forestreet-sidecar run`",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     # `run` is the default command; insert it after the global options.
     if not any(arg in COMMANDS for arg in args_list) and not {"-h", "--help", "--version"} & set(
         args_list
@@ -65,6 +79,16 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
         logs.get().error("startup_failed", message=str(exc))
         return EXIT_FAILURE
+
+
+def _configured(environ: Mapping[str, str]) -> bool:
+    """Whether anything at all points at a configuration or a key."""
+    return any(
+        name.startswith("FORESTREET_SIDECAR_")
+        or name in ("FORESTREET_API_KEY", "CREDENTIALS_DIRECTORY")
+        for name, value in environ.items()
+        if value
+    )
 
 
 def _parser(*, with_fake_api: bool) -> argparse.ArgumentParser:
@@ -193,7 +217,9 @@ def _once(config: Any, environ: Mapping[str, str], log: Any, timeout: float) -> 
                     detail = f"{error}; {error.hint}" if error else "needs a human"
                     return _give_up(log, detail, attempts, hint=error.hint if error else "")
                 if outcome.delay >= left:
-                    return _give_up(log, f"no token within {timeout:g}s", attempts)
+                    error = outcome.error
+                    last = f"; last attempt: {error.reason}: {error}" if error else ""
+                    return _give_up(log, f"no token within {timeout:g}s{last}", attempts)
                 time.sleep(outcome.delay)
     except Interrupted as exc:
         return _give_up(log, f"interrupted by {exc}", attempts)
@@ -203,9 +229,10 @@ def _once(config: Any, environ: Mapping[str, str], log: Any, timeout: float) -> 
 
 def _give_up(log: Any, reason: str, attempts: int, hint: str = "") -> int:
     """An exit-1 message goes to stderr and, as an error event, to the log."""
-    print(
-        f"forestreet-sidecar: once gave up after {attempts} attempt(s): {reason}", file=sys.stderr
-    )
+    from sidecar.logs import REDACTOR  # already imported: the log is configured
+
+    line = f"forestreet-sidecar: once gave up after {attempts} attempt(s): {reason}"
+    print(REDACTOR.scrub(line), file=sys.stderr)
     fields: dict[str, object] = {"reason": reason, "attempts": attempts}
     if hint:
         fields["hint"] = hint
