@@ -78,6 +78,13 @@ def render(scenario: str) -> tuple[Doc, ...]:
     return render_chart(CHART, CHART / "ci" / f"{scenario}-values.yaml")
 
 
+def render_values(tmp_path: Path, values: Doc, chart: Path = CHART) -> tuple[Doc, ...]:
+    """Rendered documents of the chart with these values (one values file in tmp_path)."""
+    f = tmp_path / f"values-{len(list(tmp_path.glob('values-*.yaml')))}.yaml"
+    f.write_text(yaml.safe_dump(values))
+    return render_chart(chart, f)
+
+
 def render_fails(tmp_path: Path, values: Doc) -> str:
     """Helm's error text for values that must be refused."""
     f = tmp_path / "values.yaml"
@@ -133,7 +140,15 @@ def sidecar_config(docs: tuple[Doc, ...]) -> Doc:
     return config
 
 
-SCENARIOS = ["default", "existing-secret", "monitoring", "podmonitor"]
+SCENARIOS = [
+    "default",
+    "existing-secret",
+    "monitoring",
+    "podmonitor",
+    "ca-bundle",
+    "mirror-pdb-probes",
+    "podmonitor-settings",
+]
 
 
 # ---- the native sidecar --------------------------------------------------------------------
@@ -451,8 +466,55 @@ def test_render_fails_without_an_api_key(tmp_path: Path) -> None:
         ({"sidecar": {"config": {"tokn": {}}}}, "tokn"),
         ({"sidecar": {"imag": {}}}, "imag"),
         ({"serviceMonitor": {"enabled": True}}, "service.enabled"),
+        ({"caBundle": {"configmap": "ca"}}, "configmap"),
+        ({"caBundle": {"configMap": "ca", "secret": "ca"}}, "caBundle.secret, not both"),
+        (
+            {
+                "caBundle": {"configMap": "ca"},
+                "sidecar": {"config": {"api": {"ca_bundle": "/etc/ssl/ca.pem"}}},
+            },
+            "caBundle both set",
+        ),
+        ({"sidecar": {"extraVolumeMount": []}}, "extraVolumeMount"),
+        ({"sidecar": {"extraVolumeMounts": [{"mountPath": "/x"}]}}, "missing property 'name'"),
+        ({"sidecar": {"image": {"registy": "mirror.example.com"}}}, "registy"),
+        ({"sidecar": {"livenessProbe": {"httpget": {"path": "/x"}}}}, "httpget"),
+        (
+            {"sidecar": {"livenessProbe": {"exec": {"command": ["true"]}, "httpGet": {}}}},
+            "more than one handler",
+        ),
+        ({"podDisruptionBudget": {"minAvaliable": 1}}, "minAvaliable"),
+        (
+            {"podDisruptionBudget": {"enabled": True, "minAvailable": 1, "maxUnavailable": 1}},
+            "not both",
+        ),
+        ({"podDisruptionBudget": {"maxUnavailable": "half"}}, "'half' does not match"),
+        ({"serviceMonitor": {"honorlabels": True}}, "honorlabels"),
+        ({"podMonitor": {"targetLabels": ["a"]}}, "targetLabels"),
+        ({"podMonitor": {"sampleLimit": "1000"}}, "sampleLimit"),
     ],
-    ids=["token-outside-volume", "unquoted-mode", "listen-port", "config-typo", "typo", "sm"],
+    ids=[
+        "token-outside-volume",
+        "unquoted-mode",
+        "listen-port",
+        "config-typo",
+        "typo",
+        "sm",
+        "ca-typo",
+        "ca-both",
+        "ca-and-ca_bundle",
+        "sidecar-mounts-typo",
+        "sidecar-mount-no-name",
+        "registry-typo",
+        "probe-typo",
+        "probe-two-handlers",
+        "pdb-typo",
+        "pdb-both",
+        "pdb-word",
+        "sm-typo",
+        "pm-no-targetlabels",
+        "pm-limit-string",
+    ],
 )
 def test_render_refuses_values_that_would_break_the_pod(
     tmp_path: Path, values: Doc, message: str
@@ -533,11 +595,15 @@ def _schema_objects(node: Doc, path: str) -> Iterator[tuple[str, Doc]]:
             yield from _schema_objects(child, f"{path}.{key}")
 
 
+# Helm hands a parent chart's globals to this chart too, so `global` cannot reject unknown keys.
+OPEN_SCHEMA_OBJECTS = {"values.global"}
+
+
 def test_schema_closes_our_objects_and_describes_every_property() -> None:
     """Every object of ours rejects unknown keys, and every property has a description."""
     schema = json.loads((CHART / "values.schema.json").read_text())
     for path, node in _schema_objects(schema, "values"):
-        assert node.get("additionalProperties") is False, path
+        assert node.get("additionalProperties") is (path in OPEN_SCHEMA_OBJECTS), path
         for key, child in node["properties"].items():
             assert child.get("description"), f"{path}.{key}: no description"
 
@@ -586,4 +652,382 @@ def test_ci_scenarios_exist() -> None:
         "existing-secret-values.yaml",
         "monitoring-values.yaml",
         "embedded-values.yaml",
+        "ca-bundle-values.yaml",
+        "mirror-pdb-probes-values.yaml",
+        "podmonitor-settings-values.yaml",
     } <= names
+
+
+# ---- a private CA, extra sidecar mounts ------------------------------------------------------
+
+CA_DIR = "/etc/forestreet-sidecar-ca"
+
+
+@pytest.mark.parametrize(
+    ("scenario", "kind", "name", "key"),
+    [
+        ("ca-bundle", "configMap", "corporate-ca", "ca-bundle.crt"),
+        ("mirror-pdb-probes", "secret", "forestreet-ca", "ca.crt"),
+    ],
+    ids=["configmap", "secret"],
+)
+def test_ca_bundle_is_mounted_into_the_sidecar_and_set_as_api_ca_bundle(
+    scenario: str, kind: str, name: str, key: str
+) -> None:
+    """caBundle mounts its ConfigMap or Secret read-only into the sidecar; api.ca_bundle names that file."""
+    docs = render(scenario)
+    spec = pod_spec(docs)
+    (m,) = mounts_of(sidecar_container(spec), "forestreet-ca-bundle")
+    assert m == {"name": "forestreet-ca-bundle", "mountPath": CA_DIR, "readOnly": True}
+    source = volume(spec, "forestreet-ca-bundle")
+    other = {"configMap": "secret", "secret": "configMap"}[kind]
+    assert other not in source
+    ref = source[kind]
+    assert ref[{"configMap": "name", "secret": "secretName"}[kind]] == name
+    (item,) = ref["items"]
+    assert item["key"] == key
+    assert sidecar_config(docs)["api"]["ca_bundle"] == f"{m['mountPath']}/{item['path']}"
+    for app in app_containers(spec):
+        assert mounts_of(app, "forestreet-ca-bundle") == [], "only the sidecar needs the CA"
+
+
+def test_no_ca_bundle_by_default() -> None:
+    """Without caBundle there is no CA volume, and api.ca_bundle stays unset (the system CAs)."""
+    docs = render("default")
+    spec = pod_spec(docs)
+    assert "forestreet-ca-bundle" not in [v["name"] for v in spec["volumes"]]
+    assert mounts_of(sidecar_container(spec), "forestreet-ca-bundle") == []
+    assert "ca_bundle" not in sidecar_config(docs)["api"]
+
+
+def test_ca_bundle_accepts_the_same_path_in_sidecar_config(tmp_path: Path) -> None:
+    """Setting api.ca_bundle to the path caBundle mounts is not a conflict."""
+    docs = render_values(
+        tmp_path,
+        {
+            "apiKey": {"value": "k"},
+            "caBundle": {"configMap": "ca"},
+            "sidecar": {"config": {"api": {"ca_bundle": f"{CA_DIR}/ca-bundle.pem"}}},
+        },
+    )
+    assert sidecar_config(docs)["api"]["ca_bundle"] == f"{CA_DIR}/ca-bundle.pem"
+
+
+def test_sidecar_extra_volume_mounts_reach_the_sidecar_only() -> None:
+    """sidecar.extraVolumeMounts are added to the sidecar after its own mounts; extraVolumes holds them."""
+    spec = pod_spec(render("ca-bundle"))
+    mounts = sidecar_container(spec)["volumeMounts"]
+    assert mounts[-1] == {
+        "name": "proxy-credential",
+        "mountPath": "/var/run/secrets/forestreet-proxy",
+        "readOnly": True,
+    }
+    assert [m["name"] for m in mounts[:3]] == [
+        "forestreet-token",
+        "forestreet-api-key",
+        "forestreet-config",
+    ]
+    assert volume(spec, "proxy-credential")["secret"]["secretName"] == "forestreet-proxy"
+    for app in app_containers(spec):
+        assert mounts_of(app, "proxy-credential") == []
+
+
+def test_embedding_chart_gets_the_ca_bundle_through_the_named_templates(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A parent chart that sets forestreet.caBundle gets the volume, the mount and api.ca_bundle."""
+    chart = tmp_path_factory.mktemp("embedding-ca") / "my-app"
+    shutil.copytree(EMBEDDING_CHART, chart)
+    shutil.copytree(CHART, chart / "charts" / "forestreet-sidecar")
+    docs = render_values(tmp_path, {"forestreet": {"caBundle": {"secret": "corp-ca"}}}, chart)
+    spec = one(docs, "Deployment")["spec"]["template"]["spec"]
+    (m,) = mounts_of(sidecar_container(spec), "forestreet-ca-bundle")
+    assert m["readOnly"] is True
+    (item,) = volume(spec, "forestreet-ca-bundle")["secret"]["items"]
+    assert volume(spec, "forestreet-ca-bundle")["secret"]["secretName"] == "corp-ca"
+    config = yaml.safe_load(one(docs, "ConfigMap")["data"]["config.yaml"])
+    assert config["api"]["ca_bundle"] == f"{m['mountPath']}/{item['path']}"
+
+
+# ---- image references ------------------------------------------------------------------------
+
+REPO_PATH = "forestreet/forestreet-sidecar"
+DIGEST = "sha256:" + "1" * 64
+
+
+def test_default_images_are_unchanged() -> None:
+    """The default sidecar image is ghcr.io/forestreet/forestreet-sidecar:<appVersion>."""
+    spec = pod_spec(render("default"))
+    assert sidecar_container(spec)["image"] == f"ghcr.io/{REPO_PATH}:0.1.0"
+    assert app_containers(spec)[0]["image"] == "busybox:1.36"
+
+
+@pytest.mark.parametrize(
+    ("values", "sidecar_image", "app_image"),
+    [
+        ({"sidecar": {"image": {"registry": ""}}}, f"{REPO_PATH}:0.1.0", "busybox:1.36"),
+        (
+            {"sidecar": {"image": {"registry": "mirror.example.com"}}},
+            f"mirror.example.com/{REPO_PATH}:0.1.0",
+            "busybox:1.36",
+        ),
+        (
+            {
+                "global": {"imageRegistry": "global.example.com:5000"},
+                "sidecar": {"image": {"registry": "mirror.example.com"}},
+                "app": {"image": {"registry": "app.example.com"}},
+            },
+            f"global.example.com:5000/{REPO_PATH}:0.1.0",
+            "global.example.com:5000/busybox:1.36",
+        ),
+        (
+            {
+                "global": {"imageRegistry": "global.example.com"},
+                "sidecar": {"image": {"digest": DIGEST}},
+            },
+            f"global.example.com/{REPO_PATH}@{DIGEST}",
+            "global.example.com/busybox:1.36",
+        ),
+        (
+            {"sidecar": {"image": {"registry": "", "digest": DIGEST}}},
+            f"{REPO_PATH}@{DIGEST}",
+            "busybox:1.36",
+        ),
+        (
+            {"app": {"image": {"registry": "app.example.com", "repository": "team/my-app"}}},
+            f"ghcr.io/{REPO_PATH}:0.1.0",
+            "app.example.com/team/my-app:1.36",
+        ),
+        # A repository that names its own host, as README's --set does, is used as it is.
+        (
+            {
+                "global": {"imageRegistry": "global.example.com"},
+                "sidecar": {"image": {"repository": "registry.example.com/forestreet-sidecar"}},
+                "app": {"image": {"repository": "localhost:5000/my-app"}},
+            },
+            "registry.example.com/forestreet-sidecar:0.1.0",
+            "localhost:5000/my-app:1.36",
+        ),
+    ],
+    ids=[
+        "no-registry",
+        "registry",
+        "global-wins",
+        "global-digest",
+        "digest-no-registry",
+        "app-registry",
+        "repository-with-host",
+    ],
+)
+def test_image_reference(tmp_path: Path, values: Doc, sidecar_image: str, app_image: str) -> None:
+    """[global.imageRegistry or image.registry/]repository, then @digest or :tag."""
+    spec = pod_spec(render_values(tmp_path, {"apiKey": {"value": "k"}, **values}))
+    assert sidecar_container(spec)["image"] == sidecar_image
+    assert app_containers(spec)[0]["image"] == app_image
+
+
+def test_test_pod_image_takes_the_global_registry(tmp_path: Path) -> None:
+    """The helm test pod's image is mirrored too (rendered from a copy without the hook)."""
+    chart = tmp_path / "hookless"
+    shutil.copytree(CHART, chart)
+    test_pod = chart / "templates" / "tests" / "test-readyz.yaml"
+    text = test_pod.read_text()
+    text = re.sub(r"^  annotations:\n(    helm\.sh/hook.*\n)+", "", text, flags=re.MULTILINE)
+    test_pod.write_text(text)
+    docs = render_values(
+        tmp_path,
+        {
+            "apiKey": {"value": "k"},
+            "service": {"enabled": True},
+            "global": {"imageRegistry": "mirror.example.com"},
+        },
+        chart,
+    )
+    (pod,) = of_kind(docs, "Pod")
+    assert pod["spec"]["containers"][0]["image"] == "mirror.example.com/busybox:1.36"
+
+
+# ---- PodDisruptionBudget -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scenario", "expected"),
+    [
+        ("mirror-pdb-probes", {"minAvailable": 1, "unhealthyPodEvictionPolicy": "AlwaysAllow"}),
+        ("podmonitor-settings", {"maxUnavailable": "34%"}),
+    ],
+)
+def test_pod_disruption_budget_when_enabled(scenario: str, expected: Doc) -> None:
+    """The PDB selects the pods and carries the given minAvailable or maxUnavailable, only that."""
+    docs = render(scenario)
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["apiVersion"] == "policy/v1"
+    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    spec = dict(pdb["spec"])
+    assert spec.pop("selector")["matchLabels"].items() <= pod_labels.items()
+    assert spec == expected
+
+
+def test_pod_disruption_budget_defaults_to_one_unavailable(tmp_path: Path) -> None:
+    """Enabled with neither bound, at most one pod is evicted at a time; minAvailable 0 is kept."""
+    docs = render_values(
+        tmp_path, {"apiKey": {"value": "k"}, "podDisruptionBudget": {"enabled": True}}
+    )
+    spec = one(docs, "PodDisruptionBudget")["spec"]
+    assert {k: v for k, v in spec.items() if k != "selector"} == {"maxUnavailable": 1}
+    docs = render_values(
+        tmp_path,
+        {"apiKey": {"value": "k"}, "podDisruptionBudget": {"enabled": True, "minAvailable": 0}},
+    )
+    spec = one(docs, "PodDisruptionBudget")["spec"]
+    assert {k: v for k, v in spec.items() if k != "selector"} == {"minAvailable": 0}
+
+
+@pytest.mark.parametrize("scenario", ["default", "monitoring", "ca-bundle"])
+def test_no_pod_disruption_budget_unless_enabled(scenario: str) -> None:
+    """podDisruptionBudget is off by default."""
+    assert of_kind(render(scenario), "PodDisruptionBudget") == []
+
+
+# ---- probes ----------------------------------------------------------------------------------
+
+
+def test_default_probes_are_unchanged() -> None:
+    """The default probes: /readyz startup (150 x 2 s), /healthz liveness, /readyz readiness."""
+    c = sidecar_container(pod_spec(render("default")))
+    http = {"port": PORT}
+    assert c["startupProbe"] == {
+        "httpGet": {"path": "/readyz", **http},
+        "periodSeconds": 2,
+        "timeoutSeconds": 2,
+        "failureThreshold": 150,
+    }
+    assert c["livenessProbe"] == {
+        "httpGet": {"path": "/healthz", **http},
+        "periodSeconds": 10,
+        "timeoutSeconds": 2,
+        "failureThreshold": 3,
+    }
+    assert c["readinessProbe"] == {
+        "httpGet": {"path": "/readyz", **http},
+        "periodSeconds": 5,
+        "timeoutSeconds": 2,
+        "failureThreshold": 3,
+    }
+
+
+def test_probes_are_overridable() -> None:
+    """A handler of one's own replaces the httpGet (tcpSocket) or is merged over it (httpGet)."""
+    c = sidecar_container(pod_spec(render("mirror-pdb-probes")))
+    assert c["startupProbe"] == {
+        "httpGet": {"path": "/readyz", "port": PORT},
+        "initialDelaySeconds": 1,
+        "periodSeconds": 1,
+        "timeoutSeconds": 2,
+        "failureThreshold": 300,
+    }
+    assert c["livenessProbe"] == {
+        "tcpSocket": {"port": "fs-metrics"},
+        "periodSeconds": 20,
+        "timeoutSeconds": 2,
+        "failureThreshold": 3,
+    }
+    assert c["readinessProbe"] == {
+        "httpGet": {"path": "/readyz", "port": PORT, "scheme": "HTTP"},
+        "periodSeconds": 5,
+        "timeoutSeconds": 3,
+        "successThreshold": 2,
+        "failureThreshold": 3,
+    }
+
+
+def test_probe_can_be_replaced_by_exec_and_retargeted(tmp_path: Path) -> None:
+    """exec replaces the default handler; an httpGet with only a path keeps the sidecar's port."""
+    command = ["python3", "-c", "print()"]
+    docs = render_values(
+        tmp_path,
+        {
+            "apiKey": {"value": "k"},
+            "sidecar": {
+                "port": 9900,
+                "startupProbe": {"exec": {"command": command}, "failureThreshold": 10},
+                "livenessProbe": {"httpGet": {"path": "/readyz"}, "periodSeconds": 30},
+            },
+        },
+    )
+    c = sidecar_container(pod_spec(docs))
+    assert c["startupProbe"] == {
+        "exec": {"command": command},
+        "periodSeconds": 2,
+        "timeoutSeconds": 2,
+        "failureThreshold": 10,
+    }
+    assert c["livenessProbe"]["httpGet"] == {"path": "/readyz", "port": 9900}
+    assert c["livenessProbe"]["periodSeconds"] == 30
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9900}
+
+
+# ---- ServiceMonitor / PodMonitor settings -----------------------------------------------------
+
+
+def test_service_monitor_settings_reach_the_spec() -> None:
+    """namespace, jobLabel, targetLabels, podTargetLabels, honorLabels, sampleLimit, scheme, tlsConfig."""
+    docs = render("mirror-pdb-probes")
+    sm = one(docs, "ServiceMonitor")
+    assert sm["metadata"]["namespace"] == "monitoring"
+    spec = sm["spec"]
+    # In another namespace than the release's, it must still select the release's Service.
+    assert spec["namespaceSelector"] == {
+        "matchNames": [one(docs, "Service")["metadata"]["namespace"]]
+    }
+    assert spec["jobLabel"] == "app.kubernetes.io/instance"
+    assert spec["targetLabels"] == ["app.kubernetes.io/part-of"]
+    assert spec["podTargetLabels"] == ["app.kubernetes.io/version"]
+    assert spec["sampleLimit"] == 1000000
+    (endpoint,) = spec["endpoints"]
+    assert endpoint["honorLabels"] is True
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"] == {
+        "caFile": "/etc/prom-certs/root-cert.pem",
+        "certFile": "/etc/prom-certs/cert-chain.pem",
+        "keyFile": "/etc/prom-certs/key.pem",
+        "insecureSkipVerify": False,
+    }
+    assert endpoint["port"] == "fs-metrics"
+
+
+def test_pod_monitor_settings_reach_the_spec() -> None:
+    """namespace, jobLabel, podTargetLabels, honorLabels, sampleLimit and tlsConfig of the PodMonitor."""
+    docs = render("podmonitor-settings")
+    pm = one(docs, "PodMonitor")
+    assert pm["metadata"]["namespace"] == "monitoring"
+    spec = pm["spec"]
+    assert spec["namespaceSelector"] == {
+        "matchNames": [one(docs, "Deployment")["metadata"]["namespace"]]
+    }
+    assert spec["jobLabel"] == "app.kubernetes.io/instance"
+    assert spec["podTargetLabels"] == ["app.kubernetes.io/version"]
+    assert spec["sampleLimit"] == 5000
+    (endpoint,) = spec["podMetricsEndpoints"]
+    assert endpoint["honorLabels"] is True
+    assert endpoint["tlsConfig"] == {
+        "insecureSkipVerify": False,
+        "serverName": "forestreet-sidecar.example.com",
+    }
+    assert "scheme" not in endpoint
+
+
+@pytest.mark.parametrize(
+    ("scenario", "kind"), [("monitoring", "ServiceMonitor"), ("podmonitor", "PodMonitor")]
+)
+def test_monitor_defaults_are_unchanged(scenario: str, kind: str) -> None:
+    """By default the monitor sits beside the pods, job label app.kubernetes.io/name, no limits."""
+    docs = render(scenario)
+    monitor = one(docs, kind)
+    assert monitor["metadata"]["namespace"] == one(docs, "Deployment")["metadata"]["namespace"]
+    spec = monitor["spec"]
+    assert spec["jobLabel"] == "app.kubernetes.io/name"
+    for absent in ("namespaceSelector", "targetLabels", "podTargetLabels", "sampleLimit"):
+        assert absent not in spec
+    (endpoint,) = spec.get("endpoints") or spec["podMetricsEndpoints"]
+    assert set(endpoint) == {"port", "path", "interval", "scrapeTimeout"}
