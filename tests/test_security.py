@@ -234,7 +234,7 @@ def test_nothing_listens_but_server_listen(
         url = f"http://{started['listen']}"
         assert get(url + "/healthz").status_code == 200
     else:
-        assert started["listen"] is None
+        assert "listen" not in started  # a field that does not apply is left out
         time.sleep(0.3)  # let the loop start whatever it starts
     found = _listening(sidecar.process.pid)
     if not listen:
