@@ -256,16 +256,23 @@ def _run(config: Any, environ: Mapping[str, str], log: Any) -> int:
     probes = None
     daemon.install_signals()
     try:
+        if listener is not None:
+            # Serving from the start: /healthz answers during the first attempt, and a
+            # scrape that early waits for its end (bounded like the attempt itself).
+            probes = server.ProbeServer(
+                listener,
+                daemon.health,
+                daemon.readiness,
+                metrics_wait=2 * config.api.timeout_seconds + 10,
+                log=log,
+            ).start()
         kept = refresher.adopt_existing()
         # Without a kept token, the first token waits for nothing else: not the
-        # scheduler, the metrics or the HTTP server, whose imports cost more than the
-        # request itself.
+        # scheduler or the metrics, whose imports cost more than the request itself.
         first_due = time.monotonic() + kept if kept is not None else daemon.first_attempt()
         if first_due is None:
             log.info("shutdown", signal=daemon.stop_signal_name())
             return EXIT_OK
-        if listener is not None:
-            probes = server.ProbeServer(listener, daemon.health, daemon.readiness).start()
 
         from prometheus_client import CollectorRegistry
 
