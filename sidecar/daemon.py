@@ -32,6 +32,8 @@ SHUTDOWN_SECONDS = 4.0
 CLOCK_SLACK_SECONDS = 0.5
 # Beyond its own deadline (twice the timeout), an attempt this late means a stuck loop.
 STUCK_SLACK_SECONDS = 10.0
+# SIGHUPs within this long of a forced refresh make one more attempt at its end, not one each.
+HUP_COALESCE_SECONDS = 1.0
 
 
 class _Waker:
@@ -97,6 +99,11 @@ class Daemon:
         self._stop_signal: int | None = None
         self._hup = False
         self._hup_pending = False
+        # The last forced refresh, and the one more that SIGHUPs since then have asked for.
+        self._last_forced: float | None = None
+        self._hup_deferred: float | None = None
+        self._hups_coalesced = 0
+        self._in_first_attempt = False
         self._lock = threading.Lock()
         self._due_monotonic = monotonic()
         self._running_since: float | None = None
@@ -165,13 +172,20 @@ class Daemon:
         """
         try:
             self._raise_on_stop = True
+            # The refresh a SIGHUP asks for is the one under way.
+            self._in_first_attempt = True
             if self._stop_signal is not None:
                 return None
-            due = self.monotonic() + self.refresher.attempt().delay
+            started = self.monotonic()
+            outcome = self.refresher.attempt()
+            self._debug_outcome(outcome, self.monotonic() - started)
+            due = self.monotonic() + outcome.delay
         except Interrupted:
             return None
         finally:
             self._raise_on_stop = False
+            self._in_first_attempt = False
+            self._hup = False
         return due
 
     def run(self, first_due: float) -> int:
@@ -221,17 +235,43 @@ class Daemon:
                 if self.health()[0]:
                     self.notifier.watchdog()
                 next_ping = now + watchdog
-            if self._hup:
-                self._hup = False
-                self.log.info("refresh_requested", signal="SIGHUP")
-                self._schedule(0.0, force=True)
+            self._handle_hup()
             self._catch_up_after_clock_jump()
             with self._lock:
                 due = self._due_monotonic
             wait = max(due + CLOCK_SLACK_SECONDS - self.monotonic(), CLOCK_SLACK_SECONDS)
             if watchdog is not None:
                 wait = min(wait, max(next_ping - self.monotonic(), 0.0))
+            if self._hup_deferred is not None:
+                wait = min(wait, max(self._hup_deferred - self.monotonic(), 0.0))
             self._wake.wait(wait)
+
+    def _handle_hup(self) -> None:
+        """SIGHUP forces a refresh; those within a second of one make one more at its end.
+
+        So a reload loop sends at most about one request per second, and the last
+        SIGHUP of a burst is still followed by a refresh (a rotated key is picked up).
+        """
+        now = self.monotonic()
+        if self._hup:
+            self._hup = False
+            if self._last_forced is None or now >= self._last_forced + HUP_COALESCE_SECONDS:
+                self._force(now, coalesced=0)
+            else:
+                if self._hup_deferred is None:
+                    self._hup_deferred = self._last_forced + HUP_COALESCE_SECONDS
+                self._hups_coalesced += 1
+        if self._hup_deferred is not None and now >= self._hup_deferred:
+            coalesced, self._hups_coalesced = self._hups_coalesced, 0
+            self._hup_deferred = None
+            self._force(now, coalesced=coalesced)
+
+    def _force(self, now: float, *, coalesced: int) -> None:
+        self._last_forced = now
+        # Signals that arrive while the handler runs are seen separately; count them
+        # all as one request, whatever their number.
+        self.log.info("refresh_requested", signal="SIGHUP", coalesced=coalesced or None)
+        self._schedule(0.0, force=True)
 
     def _catch_up_after_clock_jump(self) -> None:
         """Run an overdue job now; re-add one that APScheduler dropped."""
@@ -266,7 +306,32 @@ class Daemon:
             with self._lock:
                 self._running_since = None
         self._after = outcome.delay
+        self._debug_outcome(outcome, self.monotonic() - now)
         self._report(outcome)
+
+    def _debug_outcome(self, outcome: Outcome, duration: float) -> None:
+        """At debug level: what the policy was given and what it decided."""
+        refresh, backoff = self.config.refresh, self.config.backoff
+        remaining = self.refresher.remaining()
+        error = outcome.error
+        self.log.debug(
+            "attempt_planned",
+            ok=outcome.ok,
+            reason=error.reason if error else "ok",
+            lane=str(outcome.lane) if outcome.lane is not None else None,
+            retry_after=getattr(error, "retry_after", None),
+            consecutive_failures=self.refresher.failures,
+            token_valid_for=None if remaining is None else round(remaining, 3),
+            duration=round(duration, 4),
+            delay=round(outcome.delay, 3),
+            at_fraction=refresh.at_fraction,
+            jitter_fraction=refresh.jitter_fraction,
+            min_interval_seconds=refresh.min_interval_seconds,
+            max_interval_seconds=refresh.max_interval_seconds,
+            backoff_initial_seconds=backoff.initial_seconds,
+            backoff_max_seconds=backoff.max_seconds,
+            backoff_multiplier=backoff.multiplier,
+        )
 
     def _job_done(self, event: Any) -> None:
         """Schedule the next attempt once APScheduler counts this one as finished.
@@ -304,6 +369,12 @@ class Daemon:
             self._add_job(delay)
         if self.refresher.metrics is not None:
             self.refresher.metrics.next_refresh.set(self.wall() + delay)
+        self.log.debug(
+            "refresh_scheduled",
+            delay=round(delay, 3),
+            at=iso(self.wall() + delay),
+            cause="signal" if force else "after_attempt" if done else "start",
+        )
 
     def _add_job(self, delay: float) -> None:
         run_date = datetime.now(UTC) + timedelta(seconds=delay)
@@ -339,6 +410,8 @@ class Daemon:
                 raise Interrupted(signal.Signals(signum).name)
 
         def hup(_signum: int, _frame: FrameType | None) -> None:
+            if self._in_first_attempt:
+                return
             self._hup = True
             self._wake.set()
 
