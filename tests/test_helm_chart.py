@@ -735,11 +735,15 @@ def test_sidecar_extra_volume_mounts_reach_the_sidecar_only() -> None:
 def test_embedding_chart_gets_the_ca_bundle_through_the_named_templates(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """A parent chart that sets forestreet.caBundle gets the volume, the mount and api.ca_bundle."""
+    """A parent chart's forestreet.caBundle gives volume, mount and api.ca_bundle; its global too."""
     chart = tmp_path_factory.mktemp("embedding-ca") / "my-app"
     shutil.copytree(EMBEDDING_CHART, chart)
     shutil.copytree(CHART, chart / "charts" / "forestreet-sidecar")
-    docs = render_values(tmp_path, {"forestreet": {"caBundle": {"secret": "corp-ca"}}}, chart)
+    values = {
+        "global": {"imageRegistry": "mirror.example.com"},
+        "forestreet": {"caBundle": {"secret": "corp-ca"}},
+    }
+    docs = render_values(tmp_path, values, chart)
     spec = one(docs, "Deployment")["spec"]["template"]["spec"]
     (m,) = mounts_of(sidecar_container(spec), "forestreet-ca-bundle")
     assert m["readOnly"] is True
@@ -747,6 +751,9 @@ def test_embedding_chart_gets_the_ca_bundle_through_the_named_templates(
     assert volume(spec, "forestreet-ca-bundle")["secret"]["secretName"] == "corp-ca"
     config = yaml.safe_load(one(docs, "ConfigMap")["data"]["config.yaml"])
     assert config["api"]["ca_bundle"] == f"{m['mountPath']}/{item['path']}"
+    assert (
+        sidecar_container(spec)["image"] == "mirror.example.com/forestreet/forestreet-sidecar:0.1.0"
+    )
 
 
 # ---- image references ------------------------------------------------------------------------
