@@ -1,14 +1,35 @@
-"""The HTTP client of the auth API: the one place requests errors become ours."""
+"""The HTTP client of the auth API: the one place requests errors become ours.
+
+Everything the upstream sends is hostile until proven otherwise: the exchange as a
+whole has a deadline (not only each read), the body is capped before and after
+decompression, and every foreign exception becomes a `RefreshError` whose message
+says in plain words what happened, the innermost cause first, and never quotes the
+key or anything the server chose to send.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import http.client
+import re
+import socket
+import ssl
+import threading
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+import requests.adapters
 import urllib3
+import urllib3.connection
+import urllib3.exceptions
+from urllib3.util.response import assert_header_parsing
 
 from sidecar import __version__
 from sidecar.config import ApiConfig, Secret
@@ -24,8 +45,22 @@ from sidecar.session import Session, decode, validate
 
 # A session answer is a few hundred bytes; anything much larger is not one.
 MAX_BODY_BYTES = 64 * 1024
+MAX_KEY_LENGTH = 4096
 CREDENTIAL_HINT = "check the API key (api.key_file / api.key_env) and that it is still active"
 REQUEST_HINT = "check api.base_url: the auth endpoint refused the request itself"
+KEY_HINT = "put the key alone in the file or variable: 1-4096 visible ASCII characters"
+TLS_HINT = "set api.ca_bundle to the CA that signed the server certificate"
+SHORTAGE_HINT = (
+    "this host is short of a resource, not a problem of the API or its credentials: "
+    "check the process limits (LimitNOFILE=, ulimit -n, memory) and what holds them"
+)
+
+_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
+_KNOWN_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+_HOST = re.compile(r"[a-z0-9.:-]{1,253}")
+# Content codings we can undo; a chain longer than this is no session answer.
+_CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+_MAX_CODINGS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +73,7 @@ class Fetched:
 
 
 class ApiClient:
-    """``GET <base_url>/v2/auth/session`` on one keep-alive connection pool."""
+    """``GET <base_url>/v2/auth/session`` on one connection pool."""
 
     def __init__(
         self,
@@ -54,12 +89,20 @@ class ApiClient:
         self._require_refresh = require_refresh_token
         self._monotonic = monotonic
         self._wall = wall
-        self._http = requests.Session()
+        self._http = _Session()
+        adapter = _DeadlineAdapter()
+        self._http.mount("http://", adapter)
+        self._http.mount("https://", adapter)
         self._http.verify = str(config.ca_bundle) if config.ca_bundle else True
         # .netrc would let requests add an Authorization header the operator never chose.
         self._http.trust_env = False
         self._http.headers.update(
-            {"Accept": "application/json", "User-Agent": f"forestreet-sidecar/{__version__}"}
+            {
+                "Accept": "application/json",
+                "User-Agent": f"forestreet-sidecar/{__version__}",
+                # What arrives compressed anyway is decoded under the same cap (read_body).
+                "Accept-Encoding": "identity",
+            }
         )
 
     def close(self) -> None:
@@ -67,95 +110,551 @@ class ApiClient:
 
     def fetch(self, key: Secret) -> Fetched:
         """One request; a Session, or a RefreshError whose class says how to retry."""
+        problem = header_value_problem(key.value)
+        if problem is not None:
+            # Refused before requests sees it: its errors quote a bad header value.
+            raise CredentialError(
+                "key_unavailable", f"the API key {problem}; it was not sent", hint=KEY_HINT
+            )
         sent_monotonic = self._monotonic()
         sent_wall = self._wall()
-        deadline = sent_monotonic + 2 * self._timeout
+        deadline = Deadline(2 * self._timeout)
         try:
-            response = self._http.get(
-                self._url,
-                headers={"x-api-key": key.value},
-                timeout=(self._timeout, self._timeout),
-                allow_redirects=False,
-                stream=True,
+            with deadline:
+                response = self._http.get(
+                    self._url,
+                    headers={"x-api-key": key.value},
+                    timeout=(self._timeout, self._timeout),
+                    allow_redirects=False,
+                    stream=True,
+                )
+                with response:
+                    raw = read_raw(response.raw)
+                in_time = deadline.finish()
+        except (
+            requests.exceptions.RequestException,
+            urllib3.exceptions.HTTPError,
+            http.client.HTTPException,
+            OSError,
+        ) as exc:
+            if deadline.expired:
+                raise self._late() from exc
+            raise translate(exc, self._host, self._timeout) from exc
+        if not in_time:
+            raise self._late()
+        status, headers = response.status_code, response.headers
+        body = self._decoded(raw, headers.get("Content-Encoding"), status)
+        session = interpret(
+            status,
+            headers,
+            body,
+            host=self._host,
+            now=self._wall(),
+            require_refresh_token=self._require_refresh,
+            secrets=(key.value,),
+        )
+        return Fetched(session, sent_monotonic, sent_wall)
+
+    @staticmethod
+    def _decoded(raw: bytes | None, content_encoding: str | None, status: int) -> bytes:
+        """The body to interpret; for an error status, an unusable body is just no body."""
+        if raw is None:
+            if status == 200:
+                raise InvalidResponseError(f"response body larger than {MAX_BODY_BYTES} bytes")
+            return b""
+        try:
+            return decode_content(raw, content_encoding, status)
+        except InvalidResponseError:
+            if status == 200:
+                raise
+            return b""  # the status still says what happened
+
+    def _late(self) -> TransientError:
+        return TransientError(
+            "timeout",
+            f"{self._host} did not finish answering: timed out after {2 * self._timeout:g} s "
+            "(the whole exchange may take twice api.timeout_seconds)",
+        )
+
+
+# -- the deadline of one exchange --------------------------------------------------------
+
+_CURRENT: ContextVar[Deadline | None] = ContextVar("forestreet_exchange", default=None)
+
+
+class Deadline:
+    """Ends one exchange at its deadline, whatever stage it is in.
+
+    requests and urllib3 only have per-read timeouts: a server sending one byte per
+    read timeout (a trickled status line, endless ``100 Continue``, a trickled body)
+    would hold a request for ever. A timer shuts down, at the deadline, every socket
+    the exchange uses (the connection classes below register them), which wakes the
+    blocked recv with EOF; whatever exception follows, the caller sees ``expired`` and
+    reports a timeout. ``shutdown`` rather than ``close``: the reading thread keeps
+    owning the descriptor, so none is freed, and reused, under its feet.
+
+    Connecting and the TLS handshake are each bounded by the socket timeout; a socket
+    registered after the deadline is shut down at once.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._expired = False
+        self._finished = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    @property
+    def expired(self) -> bool:
+        with self._lock:
+            return self._expired
+
+    def __enter__(self) -> Deadline:
+        self._timer.start()
+        self._token = _CURRENT.set(self)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._timer.cancel()
+        _CURRENT.reset(self._token)
+        with self._lock:
+            self._finished = True
+            self._sockets.clear()
+
+    def finish(self) -> bool:
+        """Mark the exchange complete; False when the deadline came first."""
+        with self._lock:
+            self._finished = True
+            self._sockets.clear()
+            return not self._expired
+
+    def watch(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            if self._expired:
+                _shut(sock)
+            elif not self._finished and sock not in self._sockets:
+                self._sockets.append(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._finished:
+                return
+            self._expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    # The plain socket's shutdown also for an SSLSocket: it acts on the descriptor
+    # and leaves the TLS object, which the reading thread is using, alone.
+    with contextlib.suppress(OSError):  # already closed: nothing left to cut
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def _watch(sock: Any) -> None:
+    deadline = _CURRENT.get()
+    if deadline is not None and isinstance(sock, socket.socket):
+        deadline.watch(sock)
+
+
+class _CheckedResponse(http.client.HTTPResponse):
+    """An http.client response that refuses a head it could not parse.
+
+    http.client keeps what it cannot parse as "payload" and urllib3 only logs it (to
+    stderr, quoting it); urllib3 refuses contradicting Content-Lengths only after
+    http.client is done, leaking the socket. Refused here, http.client closes it.
+    """
+
+    def begin(self) -> None:
+        super().begin()
+        try:
+            assert_header_parsing(self.msg)
+        except urllib3.exceptions.HeaderParsingError as exc:
+            raise BadHeadError("sent a header that cannot be parsed") from exc
+        lengths = {
+            part.strip()
+            for value in self.msg.get_all("Content-Length") or ()
+            for part in value.split(",")
+        }
+        if len(lengths) > 1:
+            raise BadHeadError("sent an invalid header (two different Content-Length values)")
+
+
+class BadHeadError(http.client.HTTPException):
+    """A response head we refuse; ``words`` says why, without quoting it."""
+
+    def __init__(self, words: str) -> None:
+        self.words = words
+        super().__init__(words)
+
+
+class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+    response_class = _CheckedResponse
+
+    def connect(self) -> None:
+        super().connect()
+        _watch(self.sock)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _watch(self.sock)  # a kept-alive connection does not connect again
+        super().request(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    response_class = _CheckedResponse
+
+    def connect(self) -> None:
+        super().connect()
+        _watch(self.sock)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _watch(self.sock)
+        super().request(*args, **kwargs)
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class _Session(requests.Session):
+    """A requests session that never even computes where a redirect would lead.
+
+    Redirects are never followed, yet requests parses a 3xx's Location to offer the
+    next request, and an unparsable one ("http://[::1") raised ValueError out of get().
+    """
+
+    def get_redirect_target(self, resp: requests.Response) -> str | None:
+        return None
+
+
+class _DeadlineAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter with connections the exchange deadline can cut."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+# -- the body ----------------------------------------------------------------------------
+
+
+def read_raw(raw: Any) -> bytes | None:
+    """The body as sent (still compressed, if it is); None when over MAX_BODY_BYTES."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        # read1 returns after one recv; the exchange deadline bounds the whole loop.
+        chunk = raw.read1(8192)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+
+
+def decode_content(raw: bytes, content_encoding: str | None, status: int) -> bytes:
+    """Undo gzip/deflate (asked for or not), never producing more than MAX_BODY_BYTES."""
+    codings = [
+        coding
+        for coding in (part.strip().lower() for part in (content_encoding or "").split(","))
+        if coding and coding != "identity"
+    ]
+    if not codings:
+        return raw
+    unknown = [coding for coding in codings if coding not in _CODINGS]
+    if unknown or len(codings) > _MAX_CODINGS:
+        shown = ", ".join(codings) if len(codings) <= 4 else "more than four codings"
+        raise InvalidResponseError(
+            f"response is compressed with {shown[:80]}, which the sidecar cannot decode",
+            status=status,
+        )
+    body = raw
+    for coding in reversed(codings):
+        body = _inflate(body, coding, status)
+    return body
+
+
+def _inflate(data: bytes, coding: str, status: int) -> bytes:
+    """One content coding undone; gzip may hold several members, deflate may be raw."""
+    wbits = _CODINGS[coding]
+    out = bytearray()
+    first = True
+    while first or data:
+        first = False
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out += inflater.decompress(data, MAX_BODY_BYTES + 1 - len(out))
+        except zlib.error:
+            if coding == "deflate" and wbits > 0 and not out:
+                wbits = -zlib.MAX_WBITS  # servers send raw deflate as often as zlib
+                first = True
+                continue
+            raise InvalidResponseError(
+                f"response body is not valid {coding} data", status=status
+            ) from None
+        if len(out) > MAX_BODY_BYTES:
+            raise InvalidResponseError(
+                f"response body larger than {MAX_BODY_BYTES} bytes once decompressed",
+                status=status,
             )
-            with response:
-                body = self._read_body(response, deadline)
-        except RefreshError:
-            raise
-        except requests.exceptions.SSLError as exc:
-            raise TransientError(
-                "connection_error",
-                f"TLS handshake with {self._host} failed: {_short(exc)}",
-                hint="set api.ca_bundle to the CA that signed the server certificate",
-            ) from exc
-        except (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError) as exc:
-            raise TransientError(
-                "timeout", f"no answer from {self._host} within {self._timeout:g}s"
-            ) from exc
-        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise TransientError(
-                "connection_error", f"cannot reach {self._host}: {_short(exc)}"
-            ) from exc
-        return Fetched(self._interpret(response, body), sent_monotonic, sent_wall)
+        if not inflater.eof:
+            raise InvalidResponseError(f"response body is truncated {coding} data", status=status)
+        data = inflater.unused_data
+        if data and wbits != _CODINGS["gzip"]:
+            raise InvalidResponseError(
+                f"response body has data after its {coding} stream", status=status
+            )
+    return bytes(out)
 
-    def _read_body(self, response: requests.Response, deadline: float) -> bytes:
-        # read1 returns after one recv, so a body trickling in a byte at a time still
-        # meets the deadline instead of resetting the read timeout on every byte.
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            if self._monotonic() > deadline:
-                raise TransientError(
-                    "timeout", f"the answer from {self._host} took longer than the deadline"
-                )
-            chunk = response.raw.read1(8192)
-            if not chunk:
-                return b"".join(chunks)
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise InvalidResponseError(
-                    f"response body larger than {MAX_BODY_BYTES} bytes", status=response.status_code
-                )
-            chunks.append(chunk)
 
-    def _interpret(self, response: requests.Response, body: bytes) -> Session:
-        status = response.status_code
-        # Decoded once: the errorCode decides first, then the same document is validated.
-        try:
-            data, not_json = decode(body), None
-        except InvalidResponseError as exc:
-            data, not_json = None, exc
-        code = _error_code(data)
-        if status == 200 and code is None:
-            if not_json is not None:
-                raise not_json
-            return validate(data, require_refresh_token=self._require_refresh)
-        lane, reason = classify(status, code)
-        if status == 200 and reason == "http_200":
-            # A 200 that carries an unknown errorCode is still not a session.
-            raise InvalidResponseError("response has an unknown errorCode", status=status)
-        detail = f"{self._host} answered {status}" + (f" {code}" if code else "")
-        if 300 <= status < 400:
-            target = urlsplit(response.headers.get("Location", "")).netloc or "elsewhere"
-            detail += f" redirecting to {target}; redirects are never followed"
-        if lane is Lane.RETRYABLE:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"), self._wall())
-            raise TransientError(reason, detail, retry_after=retry_after, status=status)
-        if lane is Lane.CREDENTIAL:
-            raise CredentialError(reason, detail, hint=CREDENTIAL_HINT, status=status)
-        raise EndpointError(reason, detail, hint=REQUEST_HINT, status=status)
+# -- the answer --------------------------------------------------------------------------
+
+
+def interpret(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    host: str,
+    now: float,
+    require_refresh_token: bool = False,
+    secrets: tuple[str, ...] = (),
+) -> Session:
+    """A Session from a 200 answer, or the RefreshError an answer stands for. Pure."""
+    # Decoded once: the errorCode decides first, then the same document is validated.
+    try:
+        data, not_json = decode(body), None
+    except InvalidResponseError as exc:
+        data, not_json = None, exc
+    code = _error_code(data)
+    if status == 200 and code is None:
+        if not_json is not None:
+            raise not_json
+        return validate(data, require_refresh_token=require_refresh_token)
+    lane, reason = classify(status, code)
+    if status == 200 and reason == "http_200":
+        # A 200 that carries an unknown errorCode is still not a session.
+        raise InvalidResponseError("response has an unknown errorCode", status=status)
+    detail = f"{host} answered {status}"
+    if code is not None:
+        detail += f" {code}" if reason == code else " with an unknown errorCode"
+    if 300 <= status < 400:
+        target = _redirect_host(headers.get("Location"), secrets)
+        detail += f" redirecting to {target}; redirects are never followed"
+    if lane is Lane.RETRYABLE:
+        retry_after = parse_retry_after(headers.get("Retry-After"), now)
+        raise TransientError(reason, detail, retry_after=retry_after, status=status)
+    if lane is Lane.CREDENTIAL:
+        raise CredentialError(reason, detail, hint=CREDENTIAL_HINT, status=status)
+    raise EndpointError(reason, detail, hint=REQUEST_HINT, status=status)
 
 
 def _error_code(data: object) -> str | None:
     """The errorCode of an error body, if the body is one."""
-    if isinstance(data, dict) and isinstance(data.get("errorCode"), str):
-        return str(data["errorCode"])
+    if isinstance(data, dict):
+        code = data.get("errorCode")
+        if isinstance(code, str):
+            return code if _KNOWN_CODE.fullmatch(code) else "?"
     return None
 
 
-def _short(exc: BaseException) -> str:
-    """The innermost cause, one line: requests nests urllib3 errors three deep."""
-    while exc.__context__ is not None and not isinstance(exc, OSError):
-        exc = exc.__context__
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:200]
+def _redirect_host(location: str | None, secrets: tuple[str, ...]) -> str:
+    """Only the host of a Location, and only when it looks like one and quotes no secret."""
+    try:
+        host = urlsplit(location or "").hostname
+    except ValueError:
+        return "elsewhere"
+    if not host or not _HOST.fullmatch(host):
+        return "elsewhere"
+    if any(secret and secret.lower() in host for secret in secrets):
+        return "elsewhere"
+    return host
+
+
+def header_value_problem(value: str) -> str | None:  # noqa: PLR0911 - one per problem
+    """Why ``value`` cannot go out as the key header, or None. Names a position, never a value."""
+    if not value:
+        return "is empty"
+    if len(value) > MAX_KEY_LENGTH:
+        return f"is longer than {MAX_KEY_LENGTH} characters"
+    if _VISIBLE_ASCII.fullmatch(value):
+        return None
+    if value.startswith("\ufeff"):
+        return "starts with a byte order mark"
+    for position, char in enumerate(value, start=1):
+        if char in "\r\n":
+            return f"holds a line break at position {position}"
+        if not _VISIBLE_ASCII.fullmatch(char):
+            return f"holds a character an HTTP header cannot carry at position {position}"
+    return "cannot be sent"  # pragma: no cover - the loop finds the character
+
+
+# -- foreign errors in plain words ---------------------------------------------------------
+
+_ERRNO_WORDS = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ECONNRESET: "connection reset by the server",
+    errno.ECONNABORTED: "connection aborted",
+    errno.EPIPE: "the server closed the connection",
+    errno.EHOSTUNREACH: "no route to host",
+    errno.EHOSTDOWN: "host is down",
+    errno.ENETUNREACH: "network is unreachable",
+    errno.ENETDOWN: "network is down",
+    errno.EADDRNOTAVAIL: "no local address available",
+    errno.EACCES: "permission denied (a firewall or sandbox refuses the connection)",
+    errno.EPERM: "operation not permitted (a firewall or sandbox refuses the connection)",
+}
+_SHORTAGE_WORDS = {
+    errno.EMFILE: "too many open files (this process is out of file descriptors)",
+    errno.ENFILE: "too many open files in the system",
+    errno.ENOBUFS: "no buffer space available",
+    errno.ENOMEM: "out of memory",
+}
+_RESOLVER_WORDS = {
+    socket.EAI_NONAME: "name does not resolve",
+    socket.EAI_NODATA: "name does not resolve",
+    socket.EAI_AGAIN: "name resolution failed for now (temporary failure in name resolution)",
+    socket.EAI_FAIL: "name resolution failed (the name server gave up)",
+}
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and everything it wraps: ``__cause__``, ``__context__``, ``reason``, ``args``.
+
+    requests wraps urllib3's MaxRetryError, which wraps a NewConnectionError, which
+    wraps the ConnectionRefusedError that says what happened.
+    """
+    seen: set[int] = set()
+    pending = [exc]
+    while pending and len(seen) < 64:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        nested = [current.__cause__, current.__context__, getattr(current, "reason", None)]
+        nested += list(current.args) if isinstance(current.args, tuple) else []
+        pending += [item for item in nested if isinstance(item, BaseException)]
+
+
+def shortage(exc: BaseException) -> str | None:
+    """Plain words for a local resource shortage anywhere in the chain, or None."""
+    for cause in causes(exc):
+        if isinstance(cause, MemoryError):
+            return "out of memory"
+        if (
+            isinstance(cause, OSError)
+            and not isinstance(cause, ssl.SSLError | socket.gaierror)
+            and cause.errno in _SHORTAGE_WORDS
+        ):
+            return _SHORTAGE_WORDS[cause.errno]
+    return None
+
+
+def translate(  # noqa: PLR0911, PLR0912 - a table of causes, most telling first
+    exc: BaseException, host: str, timeout: float
+) -> RefreshError:
+    """The RefreshError for a failed exchange, its message the innermost cause in words."""
+    chain = list(causes(exc))
+    short = shortage(exc)
+    if short is not None:
+        return TransientError(
+            "internal_error", f"cannot open a connection to {host}: {short}", hint=SHORTAGE_HINT
+        )
+    connecting = any(isinstance(c, urllib3.exceptions.NewConnectionError) for c in chain)
+    reach = f"cannot reach {host}"
+    for cause in chain:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            reason = cause.verify_message or "the certificate is not trusted"
+            return TransientError(
+                "connection_error",
+                f"TLS handshake with {host} failed: certificate verify failed: {reason}",
+                hint=TLS_HINT,
+            )
+    for cause in chain:
+        if isinstance(cause, socket.gaierror):
+            words = _RESOLVER_WORDS.get(cause.errno or 0, "name resolution failed")
+            return TransientError("connection_error", f"{reach}: {words}")
+    for cause in chain:
+        if isinstance(cause, TimeoutError) or (
+            isinstance(cause, OSError) and cause.errno == errno.ETIMEDOUT
+        ):
+            where = reach if _connect_phase(chain) else f"no answer from {host}"
+            return TransientError("timeout", f"{where}: timed out after {timeout:g} s")
+    for cause in chain:
+        if (
+            isinstance(cause, OSError)
+            and not isinstance(cause, ssl.SSLError | socket.gaierror)
+            and cause.errno in _ERRNO_WORDS
+        ):
+            words = _ERRNO_WORDS[cause.errno]
+            where = reach if connecting else f"the connection to {host} failed"
+            return TransientError("connection_error", f"{where}: {words}")
+    for cause in chain:
+        if isinstance(cause, ssl.SSLError):
+            return TransientError(
+                "connection_error", f"TLS handshake with {host} failed: {_ssl_words(cause)}"
+            )
+    for cause in chain:
+        broken = _protocol_words(cause, host)
+        if broken is not None:
+            return TransientError("connection_error", broken)
+    innermost = chain[-1] if chain else exc
+    return TransientError("connection_error", f"{reach}: {_name(innermost)}")
+
+
+def _connect_phase(chain: list[BaseException]) -> bool:
+    return any(
+        isinstance(c, urllib3.exceptions.ConnectTimeoutError | requests.exceptions.ConnectTimeout)
+        for c in chain
+    )
+
+
+def _ssl_words(exc: ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+        return "the server closed the connection during the TLS handshake"
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, str) and re.fullmatch(r"[A-Z0-9_]{1,80}", reason):
+        return reason.lower().replace("_", " ")
+    return "TLS error"
+
+
+def _protocol_words(exc: BaseException, host: str) -> str | None:  # noqa: PLR0911 - a table
+    """A violation of HTTP by the server, in words (never the bytes it sent)."""
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return f"{host} closed the connection without answering"
+    if isinstance(exc, http.client.LineTooLong):
+        return f"{host} sent a header line longer than 64 KiB"
+    if isinstance(exc, http.client.BadStatusLine):
+        return f"{host} did not answer in HTTP (no valid status line)"
+    if isinstance(exc, urllib3.exceptions.InvalidChunkLength):
+        return f"{host} sent an invalid chunked body"
+    if isinstance(exc, http.client.IncompleteRead):
+        # http.client reports a chunk size that is not hex the same way.
+        return (
+            f"the answer from {host} broke off before its announced end "
+            "(short of its Content-Length, or a broken chunked body)"
+        )
+    if isinstance(exc, BadHeadError):
+        return f"{host} {exc.words}"
+    if isinstance(exc, urllib3.exceptions.InvalidHeader | requests.exceptions.InvalidHeader):
+        return f"{host} sent an invalid header (for example two different Content-Length values)"
+    if isinstance(exc, http.client.HTTPException) and "more than" in str(exc):
+        return f"{host} sent more than 100 header lines"
+    return None
+
+
+def _name(exc: BaseException) -> str:
+    """An unrecognised cause: its class, and its errno words when it has them."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return f"unexpected {type(exc).__name__}"

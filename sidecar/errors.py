@@ -7,7 +7,8 @@ re-raised as one of these, ``from`` the original::
     ├── ConfigError(problems)          one "key: message" line each → exit 78
     ├── StartupError(message)          token directory not writable, port in use → exit 1
     └── RefreshError(reason, hint)     reason doubles as the metric label
-        ├── TransientError(retry_after)   network, timeout, 5xx/429, retryable errorCodes
+        ├── TransientError(retry_after)   network, timeout, 5xx/429, retryable errorCodes,
+        │   │                             internal_error (anything unforeseen, a shortage)
         │   ├── InvalidResponseError      bad JSON, missing field, bad pattern, bad expiresIn
         │   └── WriteError                the sink failed; the old token is intact
         ├── CredentialError               slow lane; hint: check the key
@@ -20,6 +21,10 @@ No message here ever carries the API key or a token.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
+
+from sidecar.error_codes import Lane, lane_for
 
 
 class Interrupted(BaseException):
@@ -43,10 +48,17 @@ class StartupError(SidecarError):
 
 
 class RefreshError(SidecarError):
-    """One refresh attempt failed. ``reason`` is the bounded metric label."""
+    """One refresh attempt failed. ``reason`` is the bounded metric label.
+
+    ``lane`` says how it is retried; ``error_code`` is the published errorCode behind
+    it, or None when the reason is not one (``timeout``, ``http_503``, ...).
+    """
+
+    lane: ClassVar[Lane] = Lane.RETRYABLE
 
     def __init__(self, reason: str, message: str, *, hint: str = "", status: int | None = None):
         self.reason = reason
+        self.error_code = reason if lane_for(reason) is not None else None
         self.hint = hint
         self.status = status
         super().__init__(message)
@@ -85,6 +97,10 @@ class WriteError(TransientError):
 class CredentialError(RefreshError):
     """The API key was refused; retrying fast cannot help."""
 
+    lane = Lane.CREDENTIAL
+
 
 class EndpointError(RefreshError):
     """The request itself is wrong (path, method, version); retrying fast cannot help."""
+
+    lane = Lane.REQUEST

@@ -22,6 +22,7 @@ LOCAL_REASONS = (
     "invalid_response",
     "write_error",
     "key_unavailable",  # the key file or variable could not be read
+    "internal_error",  # an unforeseen failure or a local shortage (file descriptors, memory)
 )
 # Statuses an HTTP API plausibly answers without a known errorCode; they are
 # pre-initialised so the series exist from the first scrape. Another status still

@@ -16,7 +16,7 @@ from random import Random
 from typing import TYPE_CHECKING, Any
 
 from sidecar import sink
-from sidecar.api import ApiClient, Fetched
+from sidecar.api import SHORTAGE_HINT, ApiClient, Fetched, shortage
 from sidecar.config import Config
 from sidecar.errors import CredentialError, EndpointError, RefreshError, TransientError
 from sidecar.logs import REDACTOR
@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # prometheus_client is not needed on the way to the first tok
     from sidecar.metrics import Metrics
 
 KEY_HINT = "check that api.key_file (or the key variable / credential) exists and is readable"
+BUG_HINT = "an unforeseen failure, counted and retried; please report it with this message"
 
 
 class Stopping(Exception):  # noqa: N818 - a signal, not an error
@@ -74,6 +75,7 @@ class Refresher:
         self.monotonic = monotonic
         self.wall = wall
         self.failures = 0
+        self._key = ""  # of the attempt under way: never in a message
         self.token: TokenOnDisk | None = None
         self._unrecorded: list[Callable[[Metrics], None]] = []
         self.stopping = threading.Event()
@@ -101,24 +103,68 @@ class Refresher:
         return left if left > 0 else None
 
     def attempt(self) -> Outcome:
+        """One attempt, always counted, never raising but for shutdown.
+
+        The boundary of the attempt: a failure nobody foresaw (a parser's MemoryError or
+        RecursionError, an OSError from deep in a library, a bug) is an
+        ``internal_error``, counted and retried like a network blip, not a crash of the
+        loop, an uncounted attempt or a credential problem.
+        """
         started = self.monotonic()
         try:
             fetched = self._fetch()
             self._write(fetched)
         except RefreshError as exc:
             return self._failed(exc, self.monotonic() - started)
+        except Stopping:
+            raise
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            return self._failed(self._unexpected(exc), self.monotonic() - started)
         return self._succeeded(fetched, self.monotonic() - started)
 
+    def _unexpected(self, exc: Exception) -> TransientError:
+        words = shortage(exc)
+        hint = SHORTAGE_HINT
+        if words is None:
+            hint = BUG_HINT
+            if isinstance(exc, RecursionError):
+                words = "nesting too deep (RecursionError)"
+            else:
+                text = self._scrub(str(exc).strip().split("\n", 1)[0])[:160]
+                words = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        error = TransientError(
+            "internal_error", f"unexpected failure in the attempt: {words}", hint=hint
+        )
+        error.__cause__ = exc
+        return error
+
+    def _scrub(self, text: str) -> str:
+        """An exception's text without the key, in any form a library may have quoted it."""
+        key = self._key
+        if key:
+            for form in {key, repr(key)[1:-1], json.dumps(key)[1:-1]}:
+                text = text.replace(form, "<key>")
+        return REDACTOR.scrub(text)
+
     def _fetch(self) -> Fetched:
+        self._key = ""
         try:
             key = self.config.key.read(self.environ)
         except (OSError, ValueError) as exc:
+            short = shortage(exc)
+            if short is not None:
+                raise TransientError(
+                    "internal_error",
+                    f"cannot read the API key from {self.config.key.describe()}: {short}",
+                    hint=SHORTAGE_HINT,
+                ) from exc
             detail = exc.strerror if isinstance(exc, OSError) else str(exc)
             raise CredentialError(
                 "key_unavailable",
                 f"cannot read the API key from {self.config.key.describe()}: {detail}",
                 hint=KEY_HINT,
             ) from exc
+        self._key = key.value
         REDACTOR.add(key.value)
         fetched = self.client.fetch(key)
         REDACTOR.add(fetched.session.access_token)
@@ -207,7 +253,7 @@ class Refresher:
         )
         failures = self.failures
         self._record(lambda metrics: metrics.failure(error.reason, duration, failures))
-        loud = lane is not Lane.RETRYABLE or error.reason == "write_error"
+        loud = lane is not Lane.RETRYABLE or error.reason in ("write_error", "internal_error")
         fields: dict[str, object] = {
             "reason": error.reason,
             "lane": str(lane),

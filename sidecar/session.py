@@ -20,7 +20,8 @@ MILLISECONDS_THRESHOLD = 1e11
 
 def fingerprint(secret: str) -> str:
     """A short, stable, one-way name for a secret: safe for logs."""
-    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:12]
+    # surrogatepass: a key from os.environ may hold lone surrogates; it still gets a name.
+    return "sha256:" + hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +44,16 @@ def parse(body: bytes | str, *, require_refresh_token: bool = False) -> Session:
 
 
 def decode(body: bytes | str) -> object:
-    """The JSON document of a body; InvalidResponseError when it is not JSON."""
+    """The JSON document of a body; InvalidResponseError when it is not JSON.
+
+    Whatever the bytes: 60000 ``[`` make the parser recurse past the interpreter's
+    limit (RecursionError), a 5000-digit number exceeds int's conversion limit
+    (ValueError); neither is a reason to crash.
+    """
     try:
         return json.loads(body)
+    except RecursionError as exc:
+        raise InvalidResponseError("response body is not JSON (nested too deeply)") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidResponseError("response body is not JSON") from exc
 
@@ -117,6 +125,6 @@ def jwt_claims(token: str) -> dict[str, Any] | None:
     payload = parts[1] + "=" * (-len(parts[1]) % 4)
     try:
         claims = json.loads(base64.urlsafe_b64decode(payload))
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
         return None
     return claims if isinstance(claims, dict) else None
