@@ -18,7 +18,7 @@ from sidecar.errors import (
     TransientError,
 )
 from sidecar.fake_api import Answer, FakeApi
-from sidecar.policy import CREDENTIAL_CODES, REQUEST_CODES, RETRYABLE_CODES
+from tests import oracle
 
 KEY = Secret("api-key-under-test")
 
@@ -45,7 +45,7 @@ def test_a_session_is_fetched_with_the_key_header(fake_api: FakeApi, client: Api
 
 
 @pytest.mark.parametrize("status", [400, 401, 429, 503, 200])
-@pytest.mark.parametrize("code", sorted(RETRYABLE_CODES | CREDENTIAL_CODES | REQUEST_CODES))
+@pytest.mark.parametrize("code", sorted(oracle.ERROR_CODES))
 def test_every_error_code_is_classified_by_code_whatever_the_status(
     fake_api: FakeApi, client: ApiClient, code: str, status: int
 ) -> None:
@@ -53,12 +53,13 @@ def test_every_error_code_is_classified_by_code_whatever_the_status(
     error = failure(client)
     expected = (
         TransientError
-        if code in RETRYABLE_CODES
+        if code in oracle.RETRYABLE
         else CredentialError
-        if code in CREDENTIAL_CODES
+        if code in oracle.CREDENTIAL
         else EndpointError
     )
     assert type(error) is expected
+    assert (error.lane, error.error_code) == (oracle.LANES[code], code)
     assert error.reason == code
     assert error.status == status
     assert KEY.value not in str(error)

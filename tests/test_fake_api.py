@@ -32,12 +32,12 @@ from sidecar.fake_api import (
     add_arguments,
     default_status,
 )
+from tests import oracle
 
 KEY = "test-api-key-0123"
 TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9-_]+(?:\.[A-Za-z0-9-_]+)+$")
 FIXED_NOW = 1_700_000_000.5
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CREDENTIAL_CODES = ERROR_CODES[: ERROR_CODES.index("FORBIDDEN") + 1]
 
 
 @pytest.fixture
@@ -205,8 +205,9 @@ def test_a_401_for_a_missing_key_does_not_consume_the_script(
 def test_default_status_follows_the_error_code() -> None:
     """Credential codes 401, rate limits 429, outages 503/500, routing 404/405, the rest 400."""
     assert len(ERROR_CODES) == len(set(ERROR_CODES)) == 34
+    assert set(ERROR_CODES) == oracle.ERROR_CODES
     expected = dict.fromkeys(ERROR_CODES, 400)
-    expected.update(dict.fromkeys(CREDENTIAL_CODES, 401))
+    expected.update(dict.fromkeys(oracle.CREDENTIAL, 401))
     expected.update(LIMIT_EXCEEDED=429, QUOTA_EXCEEDED=429, SERVICE_UNAVAILABLE=503)
     expected.update(INTERNAL_SERVER_ERROR=500, CONFIGURATION_ERROR=500)
     expected.update(RESPONSE_VALIDATION_FAILED=500, NOT_FOUND=404, ENDPOINT_NOT_FOUND=404)

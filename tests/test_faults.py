@@ -6,7 +6,7 @@ the `lane` of its `refresh_failed` event, the `reason` label counted in `/metric
 the logged `retry_in` lies inside the bounds the contract gives for that lane, and that
 the token on disk kept its bytes and its inode.
 
-The expected classes below are copied from SPEC.md, not imported from `sidecar.policy`,
+The expected classes come from tests/oracle.py, copied from SPEC.md, not from `sidecar`,
 so a wrong table in the code cannot agree with itself.
 """
 
@@ -27,6 +27,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.fake_api import ERROR_CODES, Answer, FakeApi
+from tests import oracle
 from tests.conftest import (
     Sidecar,
     base_env,
@@ -39,46 +40,12 @@ from tests.conftest import (
 
 Start = Callable[..., Sidecar]
 
-# SPEC.md, "Every answer falls in exactly one class".
-SPEC_RETRYABLE = {
-    "SERVICE_UNAVAILABLE",
-    "LIMIT_EXCEEDED",
-    "QUOTA_EXCEEDED",
-    "INTERNAL_SERVER_ERROR",
-    "CONFIGURATION_ERROR",
-    "RESPONSE_VALIDATION_FAILED",
-}
-SPEC_CREDENTIAL = {
-    "USER_NOT_CONFIRMED",
-    "INVALID_CREDENTIALS",
-    "INCOMPLETE_CREDENTIALS",
-    "INVALID_SESSION_TOKEN",
-    "FORCE_CHANGE_PASSWORD",
-    "PASSWORD_RESET_REQUIRED",
-    "PASSWORD_EXPIRED",
-    "CODE_EXPIRED",
-    "SESSION_EXPIRED",
-    "UNAUTHORISED",
-    "AUTHENTICATOR_ERROR",
-    "SSO_ACCOUNT",
-    "FORBIDDEN",
-}
-SPEC_REQUEST = set(ERROR_CODES) - SPEC_RETRYABLE - SPEC_CREDENTIAL
-
 # Fast backoff so a long script runs in seconds; the bounds below follow from it.
 INITIAL = 0.005
 MAXIMUM = 0.02
 MULTIPLIER = 2.0
 BACKOFF = {"initial_seconds": INITIAL, "max_seconds": MAXIMUM, "multiplier": MULTIPLIER}
 ROUNDING = 0.001  # retry_in is logged rounded to milliseconds
-
-
-def lane_of_code(code: str) -> str:
-    if code in SPEC_RETRYABLE:
-        return "retryable"
-    if code in SPEC_CREDENTIAL:
-        return "credential"
-    return "request"
 
 
 # -- helpers other fault files reuse ----------------------------------------------------------
@@ -190,7 +157,7 @@ def _error_code_faults() -> list[Fault]:
     for code in ERROR_CODES:
         for status in (400, 401, 429, 503):
             faults.append(
-                Fault(Answer(error_code=code, status=status), code, lane_of_code(code), code)
+                Fault(Answer(error_code=code, status=status), code, oracle.LANES[code], code)
             )
     return faults
 
@@ -246,8 +213,8 @@ def test_every_fault_gets_its_lane_reason_and_delay_and_never_touches_the_token(
 ) -> None:
     """136 errorCode/status pairs and 14 transport faults through one `run` process."""
     assert len(ERROR_CODES) == 34
-    assert set(ERROR_CODES) - SPEC_RETRYABLE - SPEC_CREDENTIAL == SPEC_REQUEST
-    assert len(SPEC_REQUEST) == 15
+    assert set(ERROR_CODES) == oracle.ERROR_CODES
+    assert len(oracle.REQUEST) == 15
     with FakeApi(lifetime=3600) as api, FakeApi() as other:
         config = write_config(
             tmp_path,
