@@ -8,6 +8,7 @@ decision can be tested with a table and a seed.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from random import Random
@@ -181,27 +182,82 @@ def backoff_ceiling(failures: int, backoff: BackoffPolicy) -> float:
     return min(backoff.max_seconds, backoff.initial_seconds * backoff.multiplier**exponent)
 
 
+_DELAY_SECONDS = re.compile(r"[0-9]+")
+# RFC 9110 5.6.7: IMF-fixdate, and the obsolete RFC 850 and asctime forms a recipient
+# must still accept. Day and month names are case-sensitive; every date is UTC.
+_MONTHS = {
+    name: number
+    for number, name in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
+    )
+}
+_MONTH = "(?P<month>" + "|".join(_MONTHS) + ")"
+_TIME = "(?P<hour>[0-9]{2}):(?P<minute>[0-9]{2}):(?P<second>[0-9]{2})"
+_HTTP_DATES = (
+    re.compile(
+        rf"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), (?P<day>[0-9]{{2}}) {_MONTH} (?P<year>[0-9]{{4}}) "
+        rf"{_TIME} GMT"
+    ),
+    re.compile(
+        r"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), "
+        rf"(?P<day>[0-9]{{2}})-{_MONTH}-(?P<year2>[0-9]{{2}}) {_TIME} GMT"
+    ),
+    re.compile(
+        rf"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) {_MONTH} (?P<day>[0-9 ][0-9]) {_TIME} "
+        r"(?P<year>[0-9]{4})"
+    ),
+)
+# Far beyond the cap the policy applies, yet finite: a logged value stays valid JSON.
+RETRY_AFTER_MAX_SECONDS = 1e9
+
+
 def parse_retry_after(value: str | None, now: float) -> float | None:
     """Seconds from ``now`` (Unix time) that a ``Retry-After`` header asks for, or None.
 
-    Both forms of RFC 9110 are accepted: delay-seconds and an HTTP-date, in any of its
-    three formats (IMF-fixdate, RFC 850, asctime). An HTTP-date is always UTC, also
-    when, as in asctime, it names no zone. A date in the past means "now" (0);
-    anything unparsable is ignored.
+    Both forms of RFC 9110 are accepted: delay-seconds (ASCII digits only: ``'²'`` is a
+    digit to ``str.isdigit``) and an HTTP-date in any of its three formats, always UTC.
+    A date in the past means "now" (0); anything else is ignored. Never raises.
     """
     if value is None:
         return None
-    text = value.strip()
-    if text.isdigit():
-        return float(text)
-    import email.utils  # rare; not worth its import on the way to the first token
-
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    text = value.strip(" \t")
+    if _DELAY_SECONDS.fullmatch(text):
+        # float() of a long digit string is inf, not an error; int() would refuse it.
+        return min(float(text), RETRY_AFTER_MAX_SECONDS)
+    when = _http_date(text, now)
+    if when is None:
         return None
-    if when.tzinfo is None:  # asctime has no zone; "-0000" parses the same way
-        import datetime
+    return min(max(0.0, when - now), RETRY_AFTER_MAX_SECONDS)
 
-        when = when.replace(tzinfo=datetime.UTC)
-    return max(0.0, when.timestamp() - now)
+
+def _http_date(text: str, now: float) -> float | None:
+    """The Unix time of an HTTP-date, or None when ``text`` is not one."""
+    import calendar  # rare; not worth its import on the way to the first token
+
+    for pattern in _HTTP_DATES:
+        match = pattern.fullmatch(text)
+        if match is None:
+            continue
+        fields = match.groupdict()
+        if fields.get("year2") is not None:
+            year = _rfc850_year(int(fields["year2"]), now)
+        else:
+            year = int(fields["year"])
+        month, day = _MONTHS[fields["month"]], int(fields["day"])
+        hour, minute = int(fields["hour"]), int(fields["minute"])
+        second = min(int(fields["second"]), 59)  # a leap second, 60, is one more second
+        if not (year >= 1 and 1 <= day <= calendar.monthrange(year, month)[1]):
+            return None
+        if hour > 23 or minute > 59:
+            return None
+        return float(calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0)))
+    return None
+
+
+def _rfc850_year(two_digits: int, now: float) -> int:
+    """RFC 9110: a two-digit year more than 50 years ahead is the last such year past."""
+    current = int(1970 + now // 31_556_952) if math.isfinite(now) else 2000
+    year = current - current % 100 + two_digits
+    if year > current + 50:
+        year -= 100
+    return year
