@@ -7,15 +7,19 @@ port, the fake API's request log, the token file and the process's own log lines
 from __future__ import annotations
 
 import contextlib
+import errno
+import itertools
 import resource
 import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from sidecar import server
 from sidecar.fake_api import Answer, FakeApi
 from tests.conftest import Sidecar, base_env, get, start_sidecar, wait_until, write_config
 from tests.test_redaction import assert_clean, secrets_of
@@ -263,3 +267,37 @@ def _read_all(sock: socket.socket) -> bytes:
         while chunk := sock.recv(65536):
             chunks.append(chunk)
     return b"".join(chunks)
+
+
+class _ShortOfDescriptors:
+    """A listening socket whose first accepts fail with EMFILE, as under a flood."""
+
+    def __init__(self, sock: socket.socket, failures: int) -> None:
+        self._sock = sock
+        self._failures = failures
+        self.failed_at: list[float] = []
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        if len(self.failed_at) < self._failures:
+            self.failed_at.append(time.monotonic())
+            raise OSError(errno.EMFILE, "Too many open files")
+        return self._sock.accept()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def test_running_out_of_descriptors_pauses_accepting_instead_of_spinning_or_dying() -> None:
+    listener = _ShortOfDescriptors(server.bind(("127.0.0.1", 0)), failures=5)
+    probes = server.ProbeServer(
+        listener,  # type: ignore[arg-type]  # duck-typed on purpose
+        lambda: (True, {"status": "ok"}),
+        lambda: (True, {"ready": True}),
+    ).start()
+    try:
+        assert http_get(probes.port, "/healthz") == 200
+        gaps = [b - a for a, b in itertools.pairwise(listener.failed_at)]
+        assert len(listener.failed_at) == 5
+        assert all(gap >= 0.05 for gap in gaps), gaps
+    finally:
+        probes.stop()
