@@ -268,8 +268,6 @@ class Daemon:
 
     def _force(self, now: float, *, coalesced: int) -> None:
         self._last_forced = now
-        # Signals that arrive while the handler runs are seen separately; count them
-        # all as one request, whatever their number.
         self.log.info("refresh_requested", signal="SIGHUP", coalesced=coalesced or None)
         self._schedule(0.0, force=True)
 
