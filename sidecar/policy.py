@@ -79,6 +79,7 @@ class RefreshPolicy:
 
     at_fraction: float = 0.8
     jitter_fraction: float = 0.1
+    first_from_fraction: float = 0.1
     min_interval_seconds: float = 5.0
     max_interval_seconds: float = 3600.0
 
@@ -112,16 +113,25 @@ def classify(status: int, error_code: str | None) -> tuple[Lane, str]:
     return Lane.REQUEST, reason
 
 
-def next_refresh(lifetime: float, policy: RefreshPolicy, rng: Random) -> float:
+def next_refresh(
+    lifetime: float, policy: RefreshPolicy, rng: Random, *, first: bool = False
+) -> float:
     """Seconds after the request was sent at which to refresh a token living ``lifetime`` s.
 
     Jitter only moves the refresh earlier, inside ``[(1 - jitter/at) * T, T]`` with
-    ``T = min(at * lifetime, max_interval)``, so it never passes expiry; the minimum
-    interval wins over a shorter lifetime, as a guard against a hot loop.
+    ``T = min(at * lifetime, max_interval)``, so it never passes expiry. The first
+    token a process obtains (``first``) is refreshed anywhere in
+    ``[(first_from/at) * T, T]`` instead: a fleet rolled out within seconds would
+    otherwise refresh in one wave for hours, as a 10 % band spreads it only slowly.
+    The minimum interval wins over a shorter lifetime, as a guard against a hot loop.
     """
     target = min(policy.at_fraction * lifetime, policy.max_interval_seconds)
     if policy.at_fraction > 0:
-        earliest = max(0.0, (1 - policy.jitter_fraction / policy.at_fraction) * target)
+        if first:
+            fraction = policy.first_from_fraction / policy.at_fraction
+        else:
+            fraction = 1 - policy.jitter_fraction / policy.at_fraction
+        earliest = min(max(0.0, fraction * target), target)
     else:
         earliest = target
     return max(rng.uniform(earliest, target), policy.min_interval_seconds)
@@ -135,42 +145,51 @@ def retry_delay(
     *,
     retry_after: float | None = None,
     remaining: float | None = None,
+    failing_for: float = 0.0,
 ) -> float:
     """Seconds to wait after the ``failures``-th consecutive failed attempt.
 
-    Retryable errors use full-jitter exponential backoff, never sooner than the
-    server's ``Retry-After``; credential and request errors take the slow lane
-    (``max_seconds`` ± 10 %). While the token on disk is still valid for
-    ``remaining`` seconds, a delay that would reach expiry is redrawn from
-    ``[remaining/4, remaining/2]`` so one more attempt happens before the token
-    expires. That rescue stops once attempts would come closer together than
-    ``pre_expiry_floor``, so a fleet near expiry does not pile retries into the
-    last seconds.
+    Patient while valid: while the token on disk is still valid for ``remaining``
+    seconds and ``remaining/2 >= patience_floor``, a failure of any class is retried
+    at ``U[remaining/4, remaining/2]``: the application loses nothing by waiting, one
+    more attempt still comes before expiry, and the upstream is spared the retries.
+    Otherwise retryable errors back off exponentially, the ceiling raised to at least
+    ``min(max, failing_for)`` (a sidecar that waited patiently and then lost its token
+    continues at the cap, not at 1 s): full jitter ``[0, c]`` below the cap, equal
+    jitter ``[max/2, max]`` at it. Credential and request errors take the slow lane
+    (``max_seconds`` ± 10 %). The server's ``Retry-After`` (clamped to an hour) is a
+    lower bound over all of these.
     """
-    if lane is Lane.RETRYABLE:
-        ceiling = backoff_ceiling(failures, backoff)
-        delay = rng.uniform(0.0, ceiling)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, RETRY_AFTER_CAP_SECONDS))
-    else:
-        ceiling = backoff.max_seconds
-        delay = ceiling * rng.uniform(1 - SLOW_LANE_JITTER, 1 + SLOW_LANE_JITTER)
-    if (
-        remaining is not None
-        and delay >= remaining
-        and remaining / 2 >= pre_expiry_floor(ceiling, backoff)
-    ):
+    floor = 0.0 if retry_after is None else min(max(retry_after, 0.0), RETRY_AFTER_CAP_SECONDS)
+    if remaining is not None and remaining / 2 >= patience_floor(backoff):
         delay = rng.uniform(remaining / 4, remaining / 2)
-    return delay
+    elif lane is Lane.RETRYABLE:
+        ceiling = backoff_ceiling(failures, backoff, failing_for)
+        if ceiling >= backoff.max_seconds:
+            delay = rng.uniform(backoff.max_seconds / 2, backoff.max_seconds)
+        else:
+            delay = rng.uniform(0.0, ceiling)
+    else:
+        delay = backoff.max_seconds * rng.uniform(1 - SLOW_LANE_JITTER, 1 + SLOW_LANE_JITTER)
+    return max(delay, floor)
 
 
-def pre_expiry_floor(ceiling: float, backoff: BackoffPolicy) -> float:
-    """The closest spacing of the extra attempts made before a valid token expires."""
-    return max(backoff.initial_seconds, ceiling / 10)
+def patience_floor(backoff: BackoffPolicy) -> float:
+    """Half the validity left must reach this for a sidecar to wait patiently.
+
+    It is also the closest spacing of those patient attempts, so a fleet near expiry
+    does not pile retries into its last seconds.
+    """
+    return max(backoff.initial_seconds, backoff.max_seconds / 10)
 
 
-def backoff_ceiling(failures: int, backoff: BackoffPolicy) -> float:
-    """Upper bound of the full-jitter draw after ``failures`` consecutive failures."""
+def backoff_ceiling(failures: int, backoff: BackoffPolicy, failing_for: float = 0.0) -> float:
+    """Upper bound of the jittered draw after ``failures`` consecutive failures.
+
+    ``initial * multiplier^(failures-1)`` up to the cap, raised to at least
+    ``min(max, failing_for)``, the seconds spent failing so far.
+    """
+    spent = min(backoff.max_seconds, failing_for)
     exponent = max(failures - 1, 0)
     if backoff.multiplier > 1:
         # Past this exponent the product only overflows; the cap has long won.
@@ -179,7 +198,8 @@ def backoff_ceiling(failures: int, backoff: BackoffPolicy) -> float:
         )
         if exponent >= limit:
             return backoff.max_seconds
-    return min(backoff.max_seconds, backoff.initial_seconds * backoff.multiplier**exponent)
+    grown = min(backoff.max_seconds, backoff.initial_seconds * backoff.multiplier**exponent)
+    return max(grown, spent)
 
 
 _DELAY_SECONDS = re.compile(r"[0-9]+")

@@ -98,7 +98,7 @@ def test_every_key_has_an_environment_variable() -> None:
     assert config.token.gid == os.getgid()
     assert config.server.address is None
     assert config.backoff.multiplier == 3
-    assert len(keys()) == 21
+    assert len(keys()) == 22
 
 
 def test_unquoted_mode_is_explained(tmp_path: Path) -> None:
