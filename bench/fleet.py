@@ -2,10 +2,11 @@
 
 Every simulated sidecar behaves like the daemon: its first request goes out at its
 start time; a success gives a token valid for ``lifetime`` seconds from the send and
-schedules the next attempt ``next_refresh`` seconds after the send; a failure counts
-one more consecutive failure and schedules a retry ``retry_delay`` seconds later
-(with ``remaining`` = validity left on the token on disk, or None). A success resets
-the failure count. Requests take zero virtual time.
+schedules the next attempt ``next_refresh`` seconds after the send (``first=True`` for
+the first token the sidecar obtains); a failure counts one more consecutive failure and
+schedules a retry ``retry_delay`` seconds later, with ``remaining`` = validity left on
+the token on disk (or None) and ``failing_for`` = seconds since the first failure of
+the current streak. A success resets both. Requests take zero virtual time.
 
 The clock is virtual: a heap of ``(time, sidecar)`` events, one pending event per
 sidecar, no sleeping. All randomness comes from one master seed (per-sidecar
@@ -16,17 +17,26 @@ Strategies: ``OurPolicy`` calls :mod:`sidecar.policy` (nothing is copied);
 ``FixedInterval`` is the baseline (refresh at exactly 80 % of the lifetime, retry
 every 5 s flat on any failure).
 
-Scenarios (all with a 1 h token lifetime and a rollout of the whole fleet within 10 s):
-  a  24 h without failures.
-  b  every request fails (SERVICE_UNAVAILABLE, retryable, no Retry-After) from 2 h to
-     2.5 h, then the upstream recovers; run until 4 h.
-  c  from 1 h to 7 h (the fleet has been running for an hour): 5 % of the accepted
-     requests fail (retryable) and a fixed-window rate limit answers LIMIT_EXCEEDED with
-     ``Retry-After: 1`` to any request above R per 1-second window (R = 2 x the steady
-     mean rate of our policy in scenario a).
+The upstream has a fixed-window rate limit that applies for the whole run, not only
+inside a failure window: a request above R in its 1-second window is answered
+LIMIT_EXCEEDED (with ``Retry-After`` when ``--limit-retry-after`` says so) and does
+not count against the window. So an upstream that comes back after an outage does not
+accept everything at once.
 
-Usage: python bench/fleet.py [--sidecars 10000] [--seed 1] [--scenario a|b|c|all]
-                             [--plot DIR] [--json PATH]
+Scenarios (all with a 1 h token lifetime and a rollout of the whole fleet within 10 s):
+  a  24 h without failures and without a rate limit.
+  b  every request fails (SERVICE_UNAVAILABLE, retryable, no Retry-After) for 30 min
+     from each of the ``--starts`` (hours), then the upstream recovers; run until 1.5 h
+     after the recovery. Rate limit R_b (default N/100 per second: the whole fleet in
+     100 s) throughout, the rollout included.
+  c  from 1 h to 7 h: 5 % of the accepted requests fail (retryable); rate limit
+     R = 2 x the steady mean rate of our policy in scenario a, throughout (the rollout
+     included).
+Each scenario runs for every seed of ``--seeds`` (b: for every start too).
+
+Usage: python bench/fleet.py [--sidecars 10000] [--seeds 1 2 3] [--starts 2 2.25 2.5 2.75]
+                             [--scenario a|b|c|all] [--limit-retry-after 1|none]
+                             [--b-rate-limit R] [--plot DIR] [--json PATH]
 """
 
 from __future__ import annotations
@@ -38,7 +48,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from random import Random
 from typing import Protocol
@@ -53,12 +63,16 @@ HOUR = 3600.0
 LIFETIME = HOUR
 ROLLOUT_SECONDS = 10.0
 SETTLE_SECONDS = 60.0  # "after the rollout": rates measured from here on
-OUTAGE_START = 2 * HOUR
+SEEDS = (1, 2, 3)
+OUTAGE_STARTS_HOURS = (2.0, 2.25, 2.5, 2.75)
 OUTAGE_SECONDS = 30 * 60.0
+AFTER_OUTAGE_SECONDS = 1.5 * HOUR
+B_RATE_LIMIT_SHARE = 0.01  # of the fleet per second
 FAULTS_START = 1 * HOUR
 FAULTS_SECONDS = 6 * HOUR
 RANDOM_FAIL_RATE = 0.05
-RECOVERY_PEAK_SECONDS = 60.0  # peak rate measured in this span after recovery
+LIMIT_RETRY_AFTER = 1.0
+RECOVERY_SECONDS = 60.0  # "first minute after recovery"
 
 
 # --- strategies -----------------------------------------------------------------------
@@ -70,7 +84,7 @@ class Strategy(Protocol):
     @property
     def name(self) -> str: ...
 
-    def next_refresh(self, lifetime: float, rng: Random) -> float: ...
+    def next_refresh(self, lifetime: float, rng: Random, *, first: bool) -> float: ...
 
     def retry_delay(
         self,
@@ -80,6 +94,7 @@ class Strategy(Protocol):
         *,
         retry_after: float | None,
         remaining: float | None,
+        failing_for: float,
     ) -> float: ...
 
 
@@ -91,11 +106,11 @@ class OurPolicy:
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     name: str = "ours"
     # Diagnostic switch: False hides the token's remaining validity from retry_delay,
-    # which disables its "one more attempt before expiry" rule (used to attribute effects).
-    rescue: bool = True
+    # which disables its patient-while-valid rule (used to attribute effects).
+    patience: bool = True
 
-    def next_refresh(self, lifetime: float, rng: Random) -> float:
-        return policy.next_refresh(lifetime, self.refresh, rng)
+    def next_refresh(self, lifetime: float, rng: Random, *, first: bool) -> float:
+        return policy.next_refresh(lifetime, self.refresh, rng, first=first)
 
     def retry_delay(
         self,
@@ -105,6 +120,7 @@ class OurPolicy:
         *,
         retry_after: float | None,
         remaining: float | None,
+        failing_for: float,
     ) -> float:
         return policy.retry_delay(
             failures,
@@ -112,7 +128,8 @@ class OurPolicy:
             self.backoff,
             rng,
             retry_after=retry_after,
-            remaining=remaining if self.rescue else None,
+            remaining=remaining if self.patience else None,
+            failing_for=failing_for,
         )
 
 
@@ -124,7 +141,7 @@ class FixedInterval:
     retry_seconds: float = 5.0
     name: str = "baseline"
 
-    def next_refresh(self, lifetime: float, rng: Random) -> float:
+    def next_refresh(self, lifetime: float, rng: Random, *, first: bool) -> float:
         return self.at_fraction * lifetime
 
     def retry_delay(
@@ -135,6 +152,7 @@ class FixedInterval:
         *,
         retry_after: float | None,
         remaining: float | None,
+        failing_for: float,
     ) -> float:
         return self.retry_seconds
 
@@ -147,9 +165,9 @@ class Scenario:
     """The fleet and the upstream.
 
     ``window`` is the disturbance ``[start, end)``: inside it every request fails
-    (``outage``), or requests above ``rate_limit`` per 1-second window get
-    LIMIT_EXCEEDED with ``Retry-After`` and accepted ones fail with ``fail_rate``.
-    Outside it every request succeeds.
+    (``outage``), or accepted requests fail with ``fail_rate``. ``rate_limit`` applies
+    for the whole run: requests above it per 1-second window get LIMIT_EXCEEDED with
+    ``retry_after`` (None: no header).
     """
 
     key: str
@@ -161,7 +179,7 @@ class Scenario:
     outage: bool = False
     fail_rate: float = 0.0
     rate_limit: float | None = None
-    retry_after: float = 1.0
+    retry_after: float | None = LIMIT_RETRY_AFTER
     # Diagnostic: instead of a rollout, every sidecar starts at 0 already holding a token
     # obtained U(0, warm_age) seconds earlier (as after a restart that kept tokens); its
     # first attempt is when its strategy's schedule says, measured from that token.
@@ -169,18 +187,27 @@ class Scenario:
 
 
 def scenario_a(horizon: float = 24 * HOUR) -> Scenario:
-    return Scenario("a", "rollout in 10 s, 24 h, no failures", horizon)
+    return Scenario("a", "rollout in 10 s, 24 h, no failures, no rate limit", horizon)
 
 
 def scenario_b(
-    horizon: float = 4 * HOUR, start: float = OUTAGE_START, duration: float = OUTAGE_SECONDS
+    start: float = OUTAGE_STARTS_HOURS[0] * HOUR,
+    duration: float = OUTAGE_SECONDS,
+    *,
+    rate_limit: float | None = None,
+    retry_after: float | None = LIMIT_RETRY_AFTER,
+    horizon: float | None = None,
 ) -> Scenario:
+    limit = "" if rate_limit is None else f", rate limit {rate_limit:g}/s throughout"
     return Scenario(
         "b",
-        f"outage {start / HOUR:g} h to {(start + duration) / HOUR:g} h (SERVICE_UNAVAILABLE)",
-        horizon,
+        f"outage {start / HOUR:g} h to {(start + duration) / HOUR:g} h "
+        f"(SERVICE_UNAVAILABLE){limit}",
+        start + duration + AFTER_OUTAGE_SECONDS if horizon is None else horizon,
         window=(start, start + duration),
         outage=True,
+        rate_limit=rate_limit,
+        retry_after=retry_after,
     )
 
 
@@ -189,16 +216,19 @@ def scenario_c(
     start: float = FAULTS_START,
     duration: float = FAULTS_SECONDS,
     fail_rate: float = RANDOM_FAIL_RATE,
+    retry_after: float | None = LIMIT_RETRY_AFTER,
 ) -> Scenario:
+    header = "no Retry-After" if retry_after is None else f"Retry-After: {retry_after:g}"
     return Scenario(
         "c",
-        f"{fail_rate:.0%} failures + rate limit R={rate_limit:.2f}/s "
-        f"({math.floor(rate_limit)} accepted per second), {start / HOUR:g} h to "
-        f"{(start + duration) / HOUR:g} h",
+        f"{fail_rate:.0%} failures {start / HOUR:g} h to {(start + duration) / HOUR:g} h, "
+        f"rate limit R={rate_limit:.2f}/s ({math.floor(rate_limit)} accepted per second, "
+        f"{header}) throughout",
         start + duration,
         window=(start, start + duration),
         fail_rate=fail_rate,
         rate_limit=rate_limit,
+        retry_after=retry_after,
     )
 
 
@@ -218,6 +248,8 @@ class Result:
     requests: int
     failures: int
     limited: int  # LIMIT_EXCEEDED answers (part of failures)
+    limited_in_window: int
+    random_failures_in_window: int  # accepted, then failed at random (fail_rate)
     window_requests: list[int]  # per sidecar: requests sent inside the window
     # Sidecar-seconds without a valid token (counted from each sidecar's start), split by
     # the window: before it, inside it, after it (until the horizon).
@@ -232,6 +264,10 @@ class Result:
     # (None: some sidecar still had none at the horizon).
     all_valid_after_window: float | None
     stale_at_end: int  # sidecars without a valid token at the horizon
+    # Per sidecar: first success at or after the window's end (inf: none), and whether
+    # the token on disk was still valid at the window's end.
+    recovered_at: list[float]
+    valid_at_window_end: list[bool]
 
 
 class _Gaps:
@@ -275,7 +311,8 @@ def simulate(  # noqa: PLR0912, PLR0915
             obtained = -master.uniform(0.0, scenario.warm_age)
             first_token[i] = last_success[i] = obtained
             valid_until[i] = obtained + lifetime
-            starts[i] = max(0.0, obtained + strategy.next_refresh(lifetime, rngs[i]))
+            due = obtained + strategy.next_refresh(lifetime, rngs[i], first=False)
+            starts[i] = max(0.0, due)
 
     horizon = scenario.horizon
     w0, w1 = scenario.window if scenario.window is not None else (math.inf, math.inf)
@@ -292,11 +329,14 @@ def simulate(  # noqa: PLR0912, PLR0915
     rps = [0] * seconds
     fps = [0] * seconds
     failures = [0] * n
+    failing_since = [0.0] * n
     spacing_min = [inf] * n
     spacing_max = [0.0] * n
     window_requests = [0] * n
+    recovered_at = [inf] * n
+    valid_at_w1 = [False] * n
     gaps = _Gaps(w0, w1, horizon)
-    requests = failed = limited = 0
+    requests = failed = limited = limited_window = random_window = 0
     limit_second = -1
     limit_count = 0
 
@@ -310,42 +350,51 @@ def simulate(  # noqa: PLR0912, PLR0915
         rps[sec] += 1
         requests += 1
         retry_after: float | None = None
-        if w0 <= t < w1:
+        inside = w0 <= t < w1
+        if inside:
             window_requests[i] += 1
-            if outage:
-                ok = False
-            else:
-                if sec != limit_second:
-                    limit_second, limit_count = sec, 0
-                if limit_count + 1 > limit:
-                    ok = False
-                    retry_after = limit_retry_after
-                    limited += 1
-                else:
-                    limit_count += 1
-                    ok = upstream.random() >= fail_rate
+        if inside and outage:
+            ok = False
         else:
-            ok = True
+            if sec != limit_second:
+                limit_second, limit_count = sec, 0
+            if limit_count + 1 > limit:
+                ok = False
+                retry_after = limit_retry_after
+                limited += 1
+                if inside:
+                    limited_window += 1
+            else:
+                limit_count += 1
+                ok = upstream.random() >= fail_rate if inside else True
+                if not ok:
+                    random_window += 1
         if ok:
             expiry = valid_until[i]
             if t > expiry:
                 gaps.add(expiry, t, after_first=first_token[i] < inf)
+            if t >= w1 and recovered_at[i] == inf:
+                recovered_at[i] = t
+                valid_at_w1[i] = expiry > w1
             previous = last_success[i]
-            if previous > -inf:
+            first = previous == -inf
+            if first:
+                first_token[i] = t
+            else:
                 spacing = t - previous
                 spacing_min[i] = min(spacing_min[i], spacing)
                 spacing_max[i] = max(spacing_max[i], spacing)
-            else:
-                first_token[i] = t
             last_success[i] = t
             failures[i] = 0
             valid_until[i] = t + lifetime
-            delay = next_refresh(lifetime, rngs[i])
+            delay = next_refresh(lifetime, rngs[i], first=first)
         else:
             failed += 1
             fps[sec] += 1
             count = failures[i] + 1
             failures[i] = count
+            if count == 1:
+                failing_since[i] = t
             expiry = valid_until[i]
             delay = retry_delay(
                 count,
@@ -353,11 +402,14 @@ def simulate(  # noqa: PLR0912, PLR0915
                 rngs[i],
                 retry_after=retry_after,
                 remaining=expiry - t if expiry > t else None,
+                failing_for=t - failing_since[i],
             )
         heapreplace(heap, (t + delay, i))
 
     stale_at_end = 0
     for i in range(n):
+        if recovered_at[i] == inf:
+            valid_at_w1[i] = valid_until[i] > w1
         if valid_until[i] < horizon:
             stale_at_end += 1
             gaps.add(valid_until[i], horizon, after_first=first_token[i] < inf, open_end=True)
@@ -378,6 +430,8 @@ def simulate(  # noqa: PLR0912, PLR0915
         requests=requests,
         failures=failed,
         limited=limited,
+        limited_in_window=limited_window,
+        random_failures_in_window=random_window,
         window_requests=window_requests,
         stale_before=gaps.before,
         stale_during=gaps.during,
@@ -388,10 +442,12 @@ def simulate(  # noqa: PLR0912, PLR0915
         spacing_max=spacing_max,
         all_valid_after_window=all_valid,
         stale_at_end=stale_at_end,
+        recovered_at=recovered_at,
+        valid_at_window_end=valid_at_w1,
     )
 
 
-# --- metrics --------------------------------------------------------------------------
+# --- figures of one run ---------------------------------------------------------------
 
 
 def peak_rps(result: Result, start: float = 0.0, end: float | None = None) -> int:
@@ -416,6 +472,169 @@ def rate_limit_for(result_a: Result) -> float:
     return max(1.0, 2 * mean_rps(result_a, SETTLE_SECONDS))
 
 
+def b_rate_limit_for(n: int) -> float:
+    """R_b: the upstream serves 1 % of the fleet per second (the whole fleet in 100 s)."""
+    return max(1.0, B_RATE_LIMIT_SHARE * n)
+
+
+Figures = dict[str, float | None]
+
+
+def figures_a(result: Result) -> Figures:
+    lifetime = LIFETIME
+    return {
+        "steady_peak_rps": peak_rps(result, SETTLE_SECONDS),
+        "peak_last_6h_rps": peak_rps(result, max(0.0, result.horizon - 6 * HOUR)),
+        "mean_rps": mean_rps(result, SETTLE_SECONDS),
+        "min_spacing_lifetimes": min(result.spacing_min) / lifetime,
+        "max_spacing_lifetimes": max(result.spacing_max) / lifetime,
+        "tokenless_after_first_token_s": result.stale_after_first_token,
+    }
+
+
+def figures_b(result: Result) -> Figures:
+    w0, w1 = window_span(result)
+    n = result.n
+    lost = [
+        t - w1
+        for t, valid in zip(result.recovered_at, result.valid_at_window_end, strict=True)
+        if not valid
+    ]
+    patient = [
+        t - w1
+        for t, valid, sent in zip(
+            result.recovered_at, result.valid_at_window_end, result.window_requests, strict=True
+        )
+        if valid and sent
+    ]
+    return {
+        "requests_per_sidecar": sum(result.window_requests) / n,
+        "requests_per_sidecar_max": max(result.window_requests),
+        "peak_outage_rps": peak_rps(result, w0, w1),
+        "first_minute_mean_rps": mean_rps(result, w1, w1 + RECOVERY_SECONDS),
+        "peak_1s_rps": peak_rps(result, w1, w1 + RECOVERY_SECONDS),
+        "all_valid_after_recovery_s": result.all_valid_after_window,
+        "tokenless_at_recovery_pct": 100 * len(lost) / n,
+        "mean_recovery_s": _mean(lost) if lost else 0.0,
+        "patient_fresh_token_after_s": _mean(patient) if patient else 0.0,
+        "tokenless_during_outage_s": result.stale_during,
+        "tokenless_after_recovery_s": result.stale_after,
+        "limited": result.limited,
+    }
+
+
+def figures_c(result: Result) -> Figures:
+    w0, w1 = window_span(result)
+    sent = sum(result.requests_per_second[int(w0) : math.ceil(w1)])
+    fails = sum(result.failures_per_second[int(w0) : math.ceil(w1)])
+    n = result.n
+    return {
+        "tokenless_fraction": result.stale_during / (n * (w1 - w0)),
+        "tokenless_s": result.stale_during,
+        "requests_in_window": sent,
+        "failed_fraction": fails / sent if sent else 0.0,
+        "unavoidable_fraction": result.random_failures_in_window / sent if sent else 0.0,
+        "avoidable_fraction": result.limited_in_window / sent if sent else 0.0,
+        "peak_rps": peak_rps(result, w0, w1),
+        "mean_rps": mean_rps(result, w0, w1),
+    }
+
+
+# --- aggregation ----------------------------------------------------------------------
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _max(values: Sequence[float | None]) -> float | None:
+    """Largest value; None (never reached) beats any number."""
+    if any(v is None for v in values):
+        return None
+    return max(v for v in values if v is not None) if values else None
+
+
+def _mean_of(values: Sequence[float | None]) -> float | None:
+    if any(v is None for v in values):
+        return None
+    return _mean([v for v in values if v is not None])
+
+
+def _min(values: Sequence[float | None]) -> float | None:
+    numbers = [v for v in values if v is not None]
+    return min(numbers) if numbers else None
+
+
+# How the Done-when reads each figure over the runs: (key, label, how, goal).
+Aggregate = tuple[str, str, Callable[[Sequence[float | None]], float | None], float | None]
+AGGREGATES: dict[str, tuple[Aggregate, ...]] = {
+    "a": (
+        ("steady_peak_rps", "peak req/s after rollout (t >= 60 s), max over seeds", _max, 20),
+        ("peak_last_6h_rps", "peak req/s in the last 6 h, max", _max, None),
+        ("mean_rps", "mean req/s after rollout (24 h), mean", _mean_of, 3.72),
+        ("min_spacing_lifetimes", "min refresh spacing / lifetime", _min, None),
+        ("max_spacing_lifetimes", "max refresh spacing / lifetime", _max, None),
+        ("tokenless_after_first_token_s", "sidecar-s without token after 1st token", _max, 0),
+    ),
+    "b": (
+        ("requests_per_sidecar", "req/sidecar in outage, mean over runs", _mean_of, 6),
+        ("requests_per_sidecar_max", "req/sidecar in outage, max", _max, None),
+        ("peak_outage_rps", "peak req/s during outage, max", _max, None),
+        ("first_minute_mean_rps", "1st minute after recovery: mean req/s, max", _max, 41.7),
+        ("peak_1s_rps", "1st minute after recovery: busiest 1 s, max", _max, None),
+        ("all_valid_after_recovery_s", "s from recovery until all hold a token, max", _max, 310),
+        ("tokenless_at_recovery_pct", "% sidecars without token at recovery, mean", _mean_of, None),
+        ("mean_recovery_s", "  ... their mean s until a token, mean", _mean_of, None),
+        (
+            "patient_fresh_token_after_s",
+            "valid-at-recovery sidecars that failed: mean s to a fresh token",
+            _mean_of,
+            None,
+        ),
+        (
+            "tokenless_during_outage_s",
+            "sidecar-s without token during outage, mean",
+            _mean_of,
+            None,
+        ),
+        (
+            "tokenless_after_recovery_s",
+            "sidecar-s without token after recovery, mean",
+            _mean_of,
+            None,
+        ),
+        ("limited", "LIMIT_EXCEEDED answers, mean", _mean_of, None),
+    ),
+    "c": (
+        ("tokenless_fraction", "sidecar-s without token / sidecar-s, max over seeds", _max, 0),
+        ("tokenless_s", "sidecar-s without token, max", _max, None),
+        ("requests_in_window", "requests in window, mean", _mean_of, None),
+        ("failed_fraction", "failed / all requests, mean", _mean_of, 0.08),
+        ("unavoidable_fraction", "  ... unavoidable (5 % random), mean", _mean_of, None),
+        ("avoidable_fraction", "  ... avoidable (LIMIT_EXCEEDED), mean", _mean_of, None),
+        ("peak_rps", "peak req/s (offered), max", _max, None),
+        ("mean_rps", "mean req/s (offered), mean", _mean_of, None),
+    ),
+}
+# What --json writes per scenario and strategy (the Done-when's figures).
+JSON_KEYS = {
+    "a": ("steady_peak_rps", "mean_rps"),
+    "b": (
+        "requests_per_sidecar_mean",
+        "first_minute_mean_rps",
+        "peak_1s_rps",
+        "all_valid_after_recovery_s",
+        "single_sidecar_requests",
+    ),
+    "c": ("tokenless_fraction", "failed_fraction"),
+}
+
+
+def aggregate(key: str, runs: Sequence[Figures]) -> Figures:
+    """One figure per metric over the runs of one strategy in scenario ``key``."""
+    return {name: how([run[name] for run in runs]) for name, _label, how, _goal in AGGREGATES[key]}
+
+
 @dataclass(frozen=True, slots=True)
 class Row:
     scenario: str
@@ -426,104 +645,23 @@ class Row:
     met: bool | None = None  # whether ours meets the goal
 
 
-def _le(goal: float) -> Callable[[float | None], bool | None]:
-    def check(value: float | None) -> bool | None:
-        return None if value is None else value <= goal + 1e-9
+def rows_for(key: str, ours: Figures, base: Figures) -> list[Row]:
+    rows = []
+    for name, label, _how, goal in AGGREGATES[key]:
+        value = ours[name]
+        percent = name.endswith("_fraction")
+        scale = 100.0 if percent else 1.0
 
-    return check
+        def shown(v: float | None, scale: float = scale) -> float | None:
+            return None if v is None else scale * v
 
-
-def compare(scenario: Scenario, ours: Result, base: Result, backoff: BackoffPolicy) -> list[Row]:
-    """The figures of one scenario, ours next to the baseline, with goals where there are."""
-    n = ours.n
-    rows: list[Row] = []
-
-    def row(
-        metric: str,
-        get: Callable[[Result], float | None],
-        goal: str = "",
-        check: Callable[[float | None], bool | None] | None = None,
-    ) -> None:
-        value = get(ours)
-        met = check(value) if check is not None else None
-        rows.append(Row(scenario.key, metric, value, get(base), goal, met))
-
-    if scenario.key == "a":
-        row("peak req/s (incl. rollout)", peak_rps)
-        row("peak req/s after rollout (t >= 60 s)", lambda r: peak_rps(r, SETTLE_SECONDS))
-        row(
-            "peak req/s in the last 6 h",
-            lambda r: peak_rps(r, max(0.0, r.horizon - 6 * HOUR)),
-        )
-        row("mean req/s after rollout", lambda r: mean_rps(r, SETTLE_SECONDS))
-        row(
-            "min refresh spacing / lifetime",
-            lambda r: min(r.spacing_min) / scenario.lifetime,
-        )
-        row(
-            "max refresh spacing / lifetime",
-            lambda r: max(r.spacing_max) / scenario.lifetime,
-        )
-        row(
-            "sidecar-s without token after 1st token",
-            lambda r: r.stale_after_first_token,
-            "0",
-            _le(0.0),
-        )
-        return rows
-
-    w0, w1 = window_span(ours)
-    if scenario.key == "b":
-        peak_goal = 1.25 * n / backoff.max_seconds
-        row(
-            "req/sidecar in outage, mean (all)",
-            lambda r: sum(r.window_requests) / n,
-            "<= 25",
-            _le(25.0),
-        )
-        row(
-            "req/sidecar in outage, mean (those sending)",
-            lambda r: _mean([c for c in r.window_requests if c]),
-        )
-        row("req/sidecar in outage, max", lambda r: max(r.window_requests))
-        row(
-            "sidecars sending during outage (%)",
-            lambda r: 100 * sum(1 for c in r.window_requests if c) / n,
-        )
-        row("peak req/s during outage", lambda r: peak_rps(r, w0, w1))
-        row(
-            "peak req/s, 1st minute after recovery",
-            lambda r: peak_rps(r, w1, w1 + RECOVERY_PEAK_SECONDS),
-            f"<= {peak_goal:.1f}",
-            _le(peak_goal),
-        )
-        row("peak req/s after recovery (to horizon)", lambda r: peak_rps(r, w1))
-        row(
-            "s from recovery until all hold a token",
-            lambda r: r.all_valid_after_window,
-        )
-        row("sidecar-s without token during outage", lambda r: r.stale_during)
-        row("sidecar-s without token after recovery", lambda r: r.stale_after)
-        return rows
-
-    # scenario c
-    def window_failures(r: Result) -> float:
-        fails = sum(r.failures_per_second[int(w0) : math.ceil(w1)])
-        sent = sum(r.requests_per_second[int(w0) : math.ceil(w1)])
-        return fails / sent if sent else 0.0
-
-    row(
-        "sidecar-s without token / sidecar-s (%)",
-        lambda r: 100 * r.stale_during / (n * (w1 - w0)),
-        "0",
-        _le(0.0),
-    )
-    row("sidecar-s without token", lambda r: r.stale_during)
-    row("requests in window", lambda r: sum(r.requests_per_second[int(w0) : math.ceil(w1)]))
-    row("wasted: failed / all requests (%)", lambda r: 100 * window_failures(r))
-    row("LIMIT_EXCEEDED answers", lambda r: r.limited)
-    row("peak req/s (offered)", lambda r: peak_rps(r, w0, w1))
-    row("mean req/s (offered)", lambda r: mean_rps(r, w0, w1))
+        met = None
+        goal_text = ""
+        if goal is not None:
+            met = value is not None and value <= goal + 1e-9
+            goal_text = f"<= {100 * goal:g} %" if percent else f"<= {goal:g}"
+        label_text = label + (" (%)" if percent else "")
+        rows.append(Row(key, label_text, shown(value), shown(base[name]), goal_text, met))
     return rows
 
 
@@ -546,71 +684,34 @@ def attempts_while_failing(
         while t < duration:
             sent += 1
             left = remaining - t if remaining is not None and remaining > t else None
-            t += strategy.retry_delay(sent, Lane.RETRYABLE, rng, retry_after=None, remaining=left)
+            t += strategy.retry_delay(
+                sent, Lane.RETRYABLE, rng, retry_after=None, remaining=left, failing_for=t
+            )
         total += sent
         worst = max(worst, sent)
     return total / draws, worst
 
 
-def single_sidecar_rows(
-    ours: Strategy, base: Strategy, duration: float, draws: int, seed: int
-) -> list[Row]:
-    """The worst case behind the 25-request goal: a sidecar failing through the whole outage."""
-    rows: list[Row] = []
-    for label, remaining in (("no valid token", None), ("token valid 15 min", 15 * 60.0)):
-        (mean_ours, max_ours), (mean_base, _) = (
-            attempts_while_failing(s, duration, remaining, draws, seed) for s in (ours, base)
-        )
-        metric = f"1 sidecar failing all {duration / 60:g} min, {label}: req mean"
-        rows.append(Row("b", metric, mean_ours, mean_base, "<= 25", mean_ours <= 25))
-        rows.append(Row("b", f"  ... req max (of {draws:,} draws)", max_ours, None))
-    return rows
+SINGLE_CASES = (("no valid token", None), ("token valid 15 min", 15 * 60.0))
 
 
-DIAGNOSTIC_METRICS = {
-    "b": (
-        "req/sidecar in outage, mean (all)",
-        "req/sidecar in outage, max",
-        "peak req/s, 1st minute after recovery",
-        "s from recovery until all hold a token",
-        "sidecar-s without token after recovery",
-    ),
-    "c": (
-        "sidecar-s without token / sidecar-s (%)",
-        "wasted: failed / all requests (%)",
-        "peak req/s (offered)",
-    ),
-}
+def single_sidecar(strategy: Strategy, draws: int, seed: int) -> list[tuple[float, int]]:
+    """Mean and max requests of one sidecar failing through a whole outage, per case."""
+    return [
+        attempts_while_failing(strategy, OUTAGE_SECONDS, remaining, draws, seed)
+        for _label, remaining in SINGLE_CASES
+    ]
 
 
-def diagnostics(
-    scenario: Scenario, ours_strategy: OurPolicy, base: Result, n: int, seed: int
-) -> list[Row]:
-    """Variants that show what drives the figures of b and c.
-
-    ``warm``: the fleet starts in spread-out phases instead of a 10-s rollout (the baseline
-    is run warm too); ``no-rescue``: our policy without its pre-expiry rescue (the
-    baseline column is then the normal baseline).
-    """
-    wanted = DIAGNOSTIC_METRICS[scenario.key]
-    warm = replace(scenario, warm_age=0.7 * scenario.lifetime)
-    base_warm = simulate(FixedInterval(), warm, n, seed)
-    no_rescue = replace(ours_strategy, rescue=False)
-    rows: list[Row] = []
-    for label, strategy, variant, baseline in (
-        ("warm", ours_strategy, warm, base_warm),
-        ("no-rescue", no_rescue, scenario, base),
-        ("warm, no-rescue", no_rescue, warm, base_warm),
+def single_rows(ours: list[tuple[float, int]], base: list[tuple[float, int]]) -> list[Row]:
+    rows = []
+    for (label, _), (mean_ours, max_ours), (mean_base, max_base) in zip(
+        SINGLE_CASES, ours, base, strict=True
     ):
-        result = simulate(strategy, variant, n, seed)
-        for row in compare(variant, result, baseline, ours_strategy.backoff):
-            if row.metric in wanted:
-                rows.append(replace(row, scenario=f"{scenario.key} {label}"))
+        metric = f"1 sidecar failing all {OUTAGE_SECONDS / 60:g} min, {label}: req mean"
+        rows.append(Row("b", metric, mean_ours, mean_base, "<= 25", mean_ours <= 25))
+        rows.append(Row("b", "  ... req max", max_ours, max_base))
     return rows
-
-
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values) if values else 0.0
 
 
 def _fmt(value: float | None) -> str:
@@ -636,8 +737,11 @@ def format_table(rows: Sequence[Row]) -> str:
         )
         for r in rows
     ]
+    return _columns(header, body, right={2, 3})
+
+
+def _columns(header: Sequence[str], body: Sequence[Sequence[str]], right: set[int]) -> str:
     widths = [max(len(line[k]) for line in [header, *body]) for k in range(len(header))]
-    right = {2, 3}
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(
@@ -647,6 +751,29 @@ def format_table(rows: Sequence[Row]) -> str:
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(header), rule, *(line(b) for b in body)])
+
+
+B_RUN_COLUMNS = (
+    ("requests_per_sidecar", "req/sc"),
+    ("first_minute_mean_rps", "1st-min mean"),
+    ("peak_1s_rps", "1-s peak"),
+    ("all_valid_after_recovery_s", "all valid s"),
+    ("tokenless_at_recovery_pct", "% tokenless"),
+    ("mean_recovery_s", "recovery s"),
+)
+
+
+def format_b_runs(runs: Sequence[BRun]) -> str:
+    """One line per outage start and seed: what a single run would have shown."""
+    header = ["start h", "seed"] + [
+        f"{label} {who}" for _, label in B_RUN_COLUMNS for who in ("ours", "base")
+    ]
+    body = [
+        [f"{run.start / HOUR:g}", str(run.seed)]
+        + [_fmt(f[key]) for key, _ in B_RUN_COLUMNS for f in (run.ours, run.base)]
+        for run in runs
+    ]
+    return _columns(header, body, right=set(range(2, len(header))))
 
 
 # --- plots ----------------------------------------------------------------------------
@@ -685,7 +812,7 @@ def plot(scenario: Scenario, ours: Result, base: Result, path: Path) -> None:
         ax.set_ylabel("requests / s")
         ax.grid(visible=True, which="both", alpha=0.3)
         ax.legend(loc="upper right")
-    axes[0].set_title(f"scenario {scenario.key}: {scenario.title} — N = {ours.n}")
+    axes[0].set_title(f"scenario {scenario.key}: {scenario.title} — N = {ours.n}, seed {ours.seed}")
     axes[1].set_title("zoom" + (" (grey: disturbance)" if scenario.window else ""))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -699,113 +826,179 @@ def _label(result: Result) -> str:
 # --- command line ---------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class ScenarioRun:
-    scenario: Scenario
-    ours: Result
-    base: Result
-    rows: list[Row]
-    diagnostics: list[Row]
-    wall_seconds: float
+@dataclass(frozen=True, slots=True)
+class BRun:
+    start: float
+    seed: int
+    ours: Figures
+    base: Figures
 
-    def report(self) -> dict[str, object]:
-        scenario = self.scenario
+
+@dataclass(slots=True)
+class Bench:
+    """Everything one invocation simulates, and the figures it reports."""
+
+    n: int
+    seeds: Sequence[int]
+    starts: Sequence[float]  # seconds
+    ours_strategy: OurPolicy
+    base_strategy: FixedInterval
+    limit_retry_after: float | None = LIMIT_RETRY_AFTER
+    b_rate_limit: float | None = None
+    plot_dir: Path | None = None
+    aggregated: dict[str, dict[str, Figures]] = field(default_factory=dict)
+    rows: dict[str, list[Row]] = field(default_factory=dict)
+    b_runs: list[BRun] = field(default_factory=list)
+    c_rate_limits: list[float] = field(default_factory=list)
+    wall: dict[str, float] = field(default_factory=dict)
+
+    def _pair(self, scenario: Scenario, seed: int) -> tuple[Result, Result]:
+        ours = simulate(self.ours_strategy, scenario, self.n, seed)
+        base = simulate(self.base_strategy, scenario, self.n, seed)
+        if self.plot_dir is not None and seed == self.seeds[0]:
+            name = f"fleet-{scenario.key}.png"
+            if scenario.key != "b" or scenario.window == (
+                self.starts[0],
+                self.starts[0] + OUTAGE_SECONDS,
+            ):
+                plot(scenario, ours, base, self.plot_dir / name)
+        return ours, base
+
+    def run(self, key: str) -> None:
+        began = time.perf_counter()
+        ours_runs: list[Figures] = []
+        base_runs: list[Figures] = []
+        if key == "a":
+            for seed in self.seeds:
+                ours, base = self._pair(scenario_a(), seed)
+                ours_runs.append(figures_a(ours))
+                base_runs.append(figures_a(base))
+        elif key == "b":
+            limit = self.b_rate_limit if self.b_rate_limit is not None else b_rate_limit_for(self.n)
+            for start in self.starts:
+                for seed in self.seeds:
+                    scenario = scenario_b(
+                        start, rate_limit=limit, retry_after=self.limit_retry_after
+                    )
+                    ours, base = self._pair(scenario, seed)
+                    run = BRun(start, seed, figures_b(ours), figures_b(base))
+                    self.b_runs.append(run)
+                    ours_runs.append(run.ours)
+                    base_runs.append(run.base)
+        else:
+            for seed in self.seeds:
+                rate = rate_limit_for(simulate(self.ours_strategy, scenario_a(), self.n, seed))
+                self.c_rate_limits.append(rate)
+                ours, base = self._pair(scenario_c(rate, retry_after=self.limit_retry_after), seed)
+                ours_runs.append(figures_c(ours))
+                base_runs.append(figures_c(base))
+        ours_fig, base_fig = aggregate(key, ours_runs), aggregate(key, base_runs)
+        rows = rows_for(key, ours_fig, base_fig)
+        if key == "b":
+            draws = max(100, min(self.n, 10_000))
+            single_ours = single_sidecar(self.ours_strategy, draws, self.seeds[0])
+            single_base = single_sidecar(self.base_strategy, draws, self.seeds[0])
+            rows += single_rows(single_ours, single_base)
+            for figures, single in ((ours_fig, single_ours), (base_fig, single_base)):
+                figures["requests_per_sidecar_mean"] = figures["requests_per_sidecar"]
+                figures["single_sidecar_requests"] = max(mean for mean, _ in single)
+        self.aggregated[key] = {"ours": ours_fig, "baseline": base_fig}
+        self.rows[key] = rows
+        self.wall[key] = time.perf_counter() - began
+
+    def report(self) -> dict[str, dict[str, dict[str, float | None]]]:
+        """The --json document: per scenario, per strategy, the Done-when's figures."""
         return {
-            "title": scenario.title,
-            "horizon_seconds": scenario.horizon,
-            "window": scenario.window,
-            "rate_limit": scenario.rate_limit,
-            "fail_rate": scenario.fail_rate,
-            "requests": {"ours": self.ours.requests, "baseline": self.base.requests},
-            "wall_seconds": round(self.wall_seconds, 2),
-            "metrics": [_dict(r) for r in self.rows],
-            "diagnostics": [_dict(r) for r in self.diagnostics],
+            key: {
+                who: {name: _plain(figures[name]) for name in JSON_KEYS[key]}
+                for who, figures in by_strategy.items()
+            }
+            for key, by_strategy in self.aggregated.items()
         }
 
 
-def run_scenario(
-    key: str, n: int, seed: int, ours_strategy: OurPolicy, base_strategy: FixedInterval
-) -> ScenarioRun:
-    """Simulate both strategies in scenario ``key`` and compare them."""
-    began = time.perf_counter()
-    if key == "a":
-        scenario = scenario_a()
-    elif key == "b":
-        scenario = scenario_b()
-    else:
-        scenario = scenario_c(rate_limit_for(simulate(ours_strategy, scenario_a(), n, seed)))
-    ours = simulate(ours_strategy, scenario, n, seed)
-    base = simulate(base_strategy, scenario, n, seed)
-    rows = compare(scenario, ours, base, ours_strategy.backoff)
-    if key == "b":
-        draws = max(100, min(n, 10_000))
-        rows += single_sidecar_rows(ours_strategy, base_strategy, OUTAGE_SECONDS, draws, seed)
-    extra = diagnostics(scenario, ours_strategy, base, n, seed) if key in DIAGNOSTIC_METRICS else []
-    return ScenarioRun(scenario, ours, base, rows, extra, time.perf_counter() - began)
+def _plain(value: float | None) -> float | None:
+    return None if value is None else float(value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--sidecars", type=int, default=10_000)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), metavar="SEED")
+    parser.add_argument(
+        "--starts",
+        type=float,
+        nargs="+",
+        default=list(OUTAGE_STARTS_HOURS),
+        metavar="HOURS",
+        help="outage start times of scenario b, in hours",
+    )
     parser.add_argument("--scenario", choices=["a", "b", "c", "all"], default="all")
+    parser.add_argument(
+        "--limit-retry-after",
+        default="1",
+        metavar="SECONDS|none",
+        help="Retry-After of the rate limit's LIMIT_EXCEEDED (an assumption: the API "
+        "documents no such header); 'none' sends none",
+    )
+    parser.add_argument(
+        "--b-rate-limit",
+        type=float,
+        metavar="R",
+        help="rate limit of scenario b in req/s (default: 1 %% of the fleet per second)",
+    )
     parser.add_argument("--plot", type=Path, metavar="DIR", help="write one PNG per scenario")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="write all figures as JSON")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write the figures as JSON")
     args = parser.parse_args(argv)
     n: int = args.sidecars
-    seed: int = args.seed
     if n < 1:
         parser.error("--sidecars must be at least 1")
-
-    ours_strategy = OurPolicy()
-    base_strategy = FixedInterval()
+    if args.limit_retry_after.lower() == "none":
+        retry_after: float | None = None
+    else:
+        try:
+            retry_after = float(args.limit_retry_after)
+        except ValueError:
+            parser.error("--limit-retry-after must be a number of seconds or 'none'")
+    bench = Bench(
+        n=n,
+        seeds=args.seeds,
+        starts=[h * HOUR for h in args.starts],
+        ours_strategy=OurPolicy(),
+        base_strategy=FixedInterval(),
+        limit_retry_after=retry_after,
+        b_rate_limit=args.b_rate_limit,
+        plot_dir=args.plot,
+    )
     began = time.perf_counter()
-    runs: dict[str, ScenarioRun] = {}
     for key in ["a", "b", "c"] if args.scenario == "all" else [args.scenario]:
-        run = runs[key] = run_scenario(key, n, seed, ours_strategy, base_strategy)
-        print(f"scenario {key}: {run.wall_seconds:.1f} s", file=sys.stderr)
-        if args.plot is not None:
-            plot(run.scenario, run.ours, run.base, args.plot / f"fleet-{key}.png")
+        bench.run(key)
+        print(f"scenario {key}: {bench.wall[key]:.1f} s", file=sys.stderr)
     total = time.perf_counter() - began
 
-    print(f"fleet of {n:,} sidecars, seed {seed}, requests take 0 s of virtual time")
-    for key, run in runs.items():
-        print(f"  {key}: {run.scenario.title}")
+    seeds = ", ".join(str(s) for s in bench.seeds)
+    print(f"fleet of {n:,} sidecars, seeds {seeds}; requests take 0 s of virtual time")
+    header = "none" if retry_after is None else f"{retry_after:g} s"
+    print(f"rate limits answer LIMIT_EXCEEDED with Retry-After: {header}")
+    if "b" in bench.rows:
+        limit = args.b_rate_limit if args.b_rate_limit is not None else b_rate_limit_for(n)
+        starts = ", ".join(f"{h:g}" for h in args.starts)
+        print(f"  b: 30-min outage from {starts} h; rate limit {limit:g} req/s throughout")
+    if bench.c_rate_limits:
+        rates = ", ".join(f"{r:.2f}" for r in bench.c_rate_limits)
+        print(f"  c: 5 % failures 1-7 h; rate limit R = {rates} req/s (per seed) throughout")
     print()
-    print(format_table([row for run in runs.values() for row in run.rows]))
+    print(format_table([row for rows in bench.rows.values() for row in rows]))
+    if bench.b_runs:
+        print()
+        print("scenario b, run by run:")
+        print(format_b_runs(bench.b_runs))
     print()
-    diagnostic_rows = [row for run in runs.values() for row in run.diagnostics]
-    if diagnostic_rows:
-        print("diagnostics: warm = fleet starts in spread-out phases (baseline too);")
-        print("no-rescue = our policy without retry_delay's pre-expiry halving (remaining=None)")
-        print()
-        print(format_table(diagnostic_rows))
-        print()
     print(f"wall time {total:.1f} s")
     if args.json is not None:
-        report = {
-            "sidecars": n,
-            "seed": seed,
-            "request_duration_seconds": 0.0,
-            "ours": {
-                "refresh": _dict(ours_strategy.refresh),
-                "backoff": _dict(ours_strategy.backoff),
-            },
-            "baseline": {
-                "at_fraction": base_strategy.at_fraction,
-                "retry_seconds": base_strategy.retry_seconds,
-            },
-            "wall_seconds": round(total, 2),
-            "scenarios": {key: run.report() for key, run in runs.items()},
-        }
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        args.json.write_text(json.dumps(bench.report(), indent=2) + "\n")
     return 0
-
-
-def _dict(obj: object) -> dict[str, object]:
-    slots: Sequence[str] = getattr(obj, "__slots__", ())
-    return {name: getattr(obj, name) for name in slots}
 
 
 if __name__ == "__main__":
