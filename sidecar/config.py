@@ -32,6 +32,7 @@ _MODE_PATTERN = re.compile(r"0?[0-7]{3}")
 # str.isdigit() and float() take '²' and '٨'; only ASCII digits are numbers here.
 _DIGITS = re.compile(r"[0-9]+")
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_ENV_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 _NON_FINITE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
 
 KEY_READ_LIMIT = 8 * 1024  # bytes read of a key file at most
@@ -413,7 +414,21 @@ def _read_config_text(path: Path, problems: _Collector) -> tuple[str, object] | 
 
 
 class _RefusedError(Exception):
-    """A YAML document this configuration will not compose (too deep, aliases)."""
+    """A YAML document this configuration will not compose (too deep, aliases, twice a key)."""
+
+
+def _refuse_duplicates(node: Any) -> None:
+    """A key given twice: YAML keeps the last silently, and typos must not pass silently."""
+    seen: dict[tuple[str, str], int] = {}
+    for key, _value in node.value:
+        if not isinstance(key.value, str):
+            continue
+        line = key.start_mark.line + 1
+        first = seen.get((key.tag, key.value))
+        if first is not None:
+            where = f"line {line}" if first == line else f"lines {first} and {line}"
+            raise _RefusedError(f"has the key {_name(key.value)} twice ({where}); keep one")
+        seen[(key.tag, key.value)] = line
 
 
 @cache
@@ -439,9 +454,12 @@ def _loader() -> type[Any]:
                     raise _RefusedError(
                         f"is nested deeper than the configuration allows (line {line})"
                     )
-                return super().compose_node(parent, index)
+                node = super().compose_node(parent, index)
             finally:
                 self.depth -= 1
+            if isinstance(node, yaml.MappingNode):
+                _refuse_duplicates(node)
+            return node
 
     # YAML 1.2's floats: 1e12 and 1.5e3 are numbers (YAML 1.1 wants "1.0e+12"), so a
     # value out of range is reported as such, not as "got the string '1e12'".
@@ -635,6 +653,7 @@ _RANGES: tuple[_Check, ...] = (
     ("api", "timeout_seconds", lambda v: v > 0, "must be > 0"),
     ("refresh", "at_fraction", lambda v: 0 < v <= 1, "must be in (0, 1]"),
     ("refresh", "jitter_fraction", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    ("refresh", "first_from_fraction", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
     ("refresh", "min_interval_seconds", lambda v: v >= 0, "must be ≥ 0"),
     ("refresh", "max_interval_seconds", lambda v: v > 0, "must be > 0"),
     ("backoff", "initial_seconds", lambda v: v > 0, "must be > 0"),
@@ -666,6 +685,7 @@ def _check_ranges(
         ("backoff", "initial_seconds", "max_seconds"),
     ):
         _check_order(values, sources, problems, names)
+    _check_first_fraction(values["refresh"], sources, problems)
 
     api = values["api"]
     if "base_url" in api:
@@ -750,6 +770,25 @@ def _output_path_problem(path: Path) -> str | None:
     if not stat.S_ISDIR(parent_mode):
         return f"{parent} is {_file_type(parent_mode)}, not a directory"
     return None
+
+
+def _check_first_fraction(
+    refresh: dict[str, Any], sources: Mapping[str, str], problems: _Collector
+) -> None:
+    """The first token's refresh window starts at first_from/at of T: never past T."""
+    first, at = (
+        refresh.get(name, getattr(RefreshPolicy(), name))
+        for name in ("first_from_fraction", "at_fraction")
+    )
+    if first > at:
+        origin = sources.get("refresh.first_from_fraction") or sources.get(
+            "refresh.at_fraction", ""
+        )
+        problems.add(
+            "refresh.first_from_fraction", f"must be ≤ refresh.at_fraction ({at:g})", origin
+        )
+        refresh.pop("first_from_fraction", None)
+        refresh.pop("at_fraction", None)
 
 
 def _check_order(
@@ -932,9 +971,16 @@ def _find_credential(  # noqa: PLR0911 - one return per way a directory fails
 
 
 def _no_key(api: ApiConfig, sources: Mapping[str, str], problems: _Collector) -> None:
+    # An api.key_env holding the key itself (a careless paste) must not be echoed here:
+    # only a conventional variable name is.
+    variable = (
+        f"the environment variable {api.key_env}"
+        if _ENV_NAME.fullmatch(api.key_env)
+        else "the environment variable api.key_env names"
+    )
     problems.add(
         "api.key_file",
-        f"no API key found: set api.key_file, the environment variable {api.key_env}, "
+        f"no API key found: set api.key_file, {variable}, "
         f"or a systemd credential named {CREDENTIAL_NAME}",
         sources.get("api.key_file", ""),
     )

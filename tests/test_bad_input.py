@@ -927,3 +927,28 @@ def test_no_arguments_with_a_configuration_still_runs(tmp_path: Path) -> None:
     result = command([], key_env(tmp_path, FORESTREET_SIDECAR_CONFIG=str(path)))
     assert result.returncode == 78
     assert result.stderr.startswith("api.timeout_seconds: must be ≤ 10000000")
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("api:\n  timeout_seconds: 1\n  timeout_seconds: 2\n", "(lines 2 and 3)"),
+        ("api: {timeout_seconds: 1, timeout_seconds: 2}\n", "(line 1)"),
+        ("api: {}\nlog: {}\napi: {}\n", "(lines 1 and 3)"),
+    ],
+)
+def test_a_key_given_twice_is_named_not_silently_overwritten(
+    tmp_path: Path, text: str, where: str
+) -> None:
+    path = yaml_file(tmp_path, text)
+    line = one_problem(path, ENV_KEY)
+    assert line.startswith(f"config: {path} has the key ")
+    assert f"twice {where}; keep one" in line
+
+
+def test_a_key_pasted_into_key_env_is_not_echoed() -> None:
+    """`key_env: <the key>` is a careless paste: the message must not repeat it."""
+    line = one_problem(None, {"FORESTREET_SIDECAR_API_KEY_ENV": "Sk_live_" + HEAD})
+    assert line.startswith("api.key_file: no API key found")
+    assert "the environment variable api.key_env names" in line
+    assert "FORESTREET_API_KEY" in one_problem(None, {})
