@@ -10,12 +10,14 @@ import base64
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from random import Random
 from typing import Any
@@ -308,28 +310,29 @@ def test_credentials_directory_is_not_consulted_when_the_key_is_elsewhere(tmp_pa
     assert isinstance(load(None, {**ENV_KEY, "CREDENTIALS_DIRECTORY": str(tmp_path / "x")}), Config)
 
 
-def test_unreadable_credentials_directory_exits_78_as_a_normal_user(tmp_path: Path) -> None:
-    """Mode 000 as a non-root user: 78 naming it, not a traceback and exit 1.
+@pytest.fixture
+def world_dir() -> Iterator[Path]:
+    """A directory nobody can reach (pytest's own are 0700), removed afterwards."""
+    top = Path(tempfile.mkdtemp(prefix="sidecar-bad-input-", dir="/tmp"))
+    top.chmod(0o755)
+    yield top
+    for path in top.iterdir():
+        path.chmod(0o700)
+    shutil.rmtree(top)
+
+
+def check_config_as_nobody(env: dict[str, str]) -> tuple[int, str]:
+    """``check-config``'s exit code and stderr, run by the user nobody.
 
     The interpreter lives where nobody cannot read it, so a forked child drops to
     nobody and runs the command's ``main`` with what is already imported.
     """
     if os.getuid() != 0:
         pytest.skip("needs root to drop to another user")
-    import tempfile
-
     import yaml  # noqa: F401 - imported before the fork, where nobody could not
 
     from sidecar import cli, session  # noqa: F401 - the same
 
-    # Under /tmp itself: pytest's own directories are 0700 and would fail first.
-    top = Path(tempfile.mkdtemp(prefix="sidecar-creds-", dir="/tmp"))
-    top.chmod(0o755)
-    creds = top / "creds"
-    creds.mkdir()
-    creds.chmod(0o000)
-    env = base_env(CREDENTIALS_DIRECTORY=str(creds))
-    del env["FORESTREET_API_KEY"]
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
@@ -348,12 +351,42 @@ def test_unreadable_credentials_directory_exits_78_as_a_normal_user(tmp_path: Pa
     with os.fdopen(read_end) as pipe:
         stderr = pipe.read()
     _, status = os.waitpid(pid, 0)
-    creds.chmod(0o700)
-    creds.rmdir()
-    top.rmdir()
-    assert os.waitstatus_to_exitcode(status) == 78, stderr
+    assert "Traceback" not in stderr
+    return os.waitstatus_to_exitcode(status), stderr
+
+
+def test_unreadable_credentials_directory_exits_78_as_a_normal_user(world_dir: Path) -> None:
+    """Mode 000 as a non-root user: 78 naming it, not a traceback and exit 1."""
+    creds = world_dir / "creds"
+    creds.mkdir()
+    creds.chmod(0o000)
+    env = base_env(CREDENTIALS_DIRECTORY=str(creds))
+    del env["FORESTREET_API_KEY"]
+    code, stderr = check_config_as_nobody(env)
+    assert code == 78, stderr
     assert stderr.splitlines() == [
         f"CREDENTIALS_DIRECTORY: cannot read {creds / 'forestreet-api-key'}: Permission denied"
+    ]
+
+
+def test_unreadable_key_file_and_ca_bundle_exit_78_as_a_normal_user(world_dir: Path) -> None:
+    key = world_dir / "key"
+    key.write_text(KEY)
+    key.chmod(0o000)
+    bundle = world_dir / "ca.pem"
+    bundle.write_text(PEM)
+    bundle.chmod(0o000)
+    env = base_env(
+        FORESTREET_SIDECAR_API_KEY_FILE=str(key),
+        FORESTREET_SIDECAR_API_CA_BUNDLE=str(bundle),
+        FORESTREET_SIDECAR_TOKEN_PATH=str(world_dir / "token"),
+    )
+    code, stderr = check_config_as_nobody(env)
+    assert code == 78, stderr
+    assert stderr.splitlines() == [
+        f"api.ca_bundle: cannot read {bundle}: Permission denied"
+        " (from FORESTREET_SIDECAR_API_CA_BUNDLE)",
+        f"api.key_file: cannot read {key}: Permission denied (from FORESTREET_SIDECAR_API_KEY_FILE)",
     ]
 
 
