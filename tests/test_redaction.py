@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import Iterator
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -21,7 +23,7 @@ from sidecar import logs
 from sidecar.fake_api import FakeApi
 from sidecar.logs import Redactor
 from sidecar.session import fingerprint
-from tests.conftest import API_KEY, Sidecar
+from tests.conftest import API_KEY, Sidecar, base_env, write_config
 
 # The key rule of SPEC ("Bad input"): visible ASCII. Tokens: the pattern of the 200 body.
 KEYS = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=40)
@@ -268,3 +270,22 @@ def test_no_encoded_form_of_a_secret_survives(
     if len(secret) >= 12:
         survivors = [f for f in forms if f in scrubbed and f not in before and f not in after]
         assert survivors == []
+
+
+def test_debug_level_shows_each_request_and_each_plan_without_a_secret(
+    tmp_path: Path, fake_api: FakeApi, sidecars: Callable[..., Sidecar]
+) -> None:
+    config = write_config(tmp_path, fake_api.url)
+    sidecar = sidecars(["--config", str(config), "--log-level", "debug", "run"], base_env())
+    request = sidecar.wait_event("http_request")
+    assert request["url"] == fake_api.url + "/v2/auth/session"
+    assert (request["method"], request["status"]) == ("GET", 200)
+    plan = sidecar.wait_event("attempt_planned")
+    assert plan["ok"] is True
+    assert plan["delay"] > 0
+    assert {"consecutive_failures", "token_valid_for", "at_fraction"} <= set(plan)
+    scheduled = sidecar.wait_event("refresh_scheduled")
+    assert scheduled["delay"] == pytest.approx(plan["delay"], abs=1)
+    sidecar.signal(signal.SIGTERM)
+    assert sidecar.wait(5) == 0
+    assert_clean(sidecar, secrets_of(fake_api))
