@@ -61,6 +61,9 @@ _HOST = re.compile(r"[a-z0-9.:-]{1,253}")
 # Content codings we can undo; a chain longer than this is no session answer.
 _CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 _MAX_CODINGS = 2
+_OTHER_CODINGS = frozenset(
+    {"br", "zstd", "compress", "x-compress", "dcb", "dcz", "exi", "pack200-gzip"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,10 +374,17 @@ def decode_content(raw: bytes, content_encoding: str | None, status: int) -> byt
     if not codings:
         return raw
     unknown = [coding for coding in codings if coding not in _CODINGS]
-    if unknown or len(codings) > _MAX_CODINGS:
-        shown = ", ".join(codings) if len(codings) <= 4 else "more than four codings"
+    if unknown:
+        # Named only when it is a registered coding: the header is the server's text.
+        name = unknown[0] if unknown[0] in _OTHER_CODINGS else "an unknown coding"
         raise InvalidResponseError(
-            f"response is compressed with {shown[:80]}, which the sidecar cannot decode",
+            f"response is compressed with {name}, which the sidecar cannot decode",
+            status=status,
+        )
+    if len(codings) > _MAX_CODINGS:
+        raise InvalidResponseError(
+            f"response is compressed {len(codings)} times over; "
+            f"the sidecar undoes at most {_MAX_CODINGS} codings",
             status=status,
         )
     body = raw

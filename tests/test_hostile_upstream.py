@@ -170,6 +170,22 @@ def test_a_silent_server_is_a_read_timeout_in_plain_words(
     assert str(error) == f"no answer from {upstream.netloc}: timed out after 0.5 s"
 
 
+def test_a_silent_tls_handshake_is_a_timeout(upstream: HostileUpstream) -> None:
+    """The handshake is bounded by the socket timeout; the exchange by twice that."""
+    upstream.script(Reply([], hold=5, immediate=True))
+    api_client = ApiClient(
+        ApiConfig(base_url=upstream.url.replace("http:", "https:"), timeout_seconds=TIMEOUT)
+    )
+    started = time.monotonic()
+    try:
+        error = failure(api_client)
+    finally:
+        api_client.close()
+    assert error.reason == "timeout"
+    assert "timed out after" in str(error)
+    assert time.monotonic() - started <= 2 * TIMEOUT + SLACK
+
+
 def test_a_connect_timeout_is_a_timeout_in_plain_words() -> None:
     with unanswered_port() as port:
         api_client = ApiClient(
@@ -254,7 +270,8 @@ def test_a_gzip_bomb_is_refused_after_64_kib_without_inflating_it(
         ("gzip", b"definitely not gzip", "not valid gzip"),
         ("deflate", b"\x00\x01\x02garbage", "not valid deflate"),
         ("br", b"\x0b\x02\x80{}\x03", "br"),
-        ("gzip, gzip, gzip, gzip", b"x", "gzip, gzip, gzip, gzip"),
+        ("gzip, gzip, gzip, gzip", b"x", "compressed 4 times over"),
+        (f"x-{KEY.value}", b"x", "compressed with an unknown coding,"),
     ],
 )
 def test_a_broken_or_unknown_compression_is_an_invalid_response(
@@ -352,6 +369,12 @@ FRAMING = [
         "connection_error",
         None,
         id="reset-mid-body",
+    ),
+    pytest.param(
+        broken([b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + response(BODY)]),
+        "http_103",
+        "answered 103",
+        id="interim-103-taken-for-the-answer",
     ),
 ]
 
