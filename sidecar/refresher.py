@@ -75,6 +75,8 @@ class Refresher:
         self.monotonic = monotonic
         self.wall = wall
         self.failures = 0
+        self._failing_since: float | None = None  # monotonic start of the first failure
+        self._obtained = False  # a token fetched by this process (a kept one does not count)
         self._key = ""  # of the attempt under way: never in a message
         self.token: TokenOnDisk | None = None
         self._unrecorded: list[Callable[[Metrics], None]] = []
@@ -200,7 +202,13 @@ class Refresher:
     def _succeeded(self, fetched: Fetched, duration: float) -> Outcome:
         session = fetched.session
         self.failures = 0
-        plan = next_refresh(session.expires_in, self.config.refresh, self.rng)
+        self._failing_since = None
+        # The first token of a process refreshes anywhere in a wide window, so a fleet
+        # rolled out at once does not refresh in one wave.
+        plan = next_refresh(
+            session.expires_in, self.config.refresh, self.rng, first=not self._obtained
+        )
+        self._obtained = True
         delay = max(0.0, fetched.sent_monotonic + plan - self.monotonic())
         expires_wall = fetched.sent_wall + session.expires_in
         skew = (
@@ -240,6 +248,9 @@ class Refresher:
 
     def _failed(self, error: RefreshError, duration: float) -> Outcome:
         self.failures += 1
+        now = self.monotonic()
+        if self.failures == 1 or self._failing_since is None:
+            self._failing_since = now - duration
         lane = lane_of(error)
         retry_after = error.retry_after if isinstance(error, TransientError) else None
         remaining = self.remaining()
@@ -250,6 +261,8 @@ class Refresher:
             self.rng,
             retry_after=retry_after,
             remaining=remaining,
+            # A sidecar that waited patiently and then lost its token goes on at the cap.
+            failing_for=now - self._failing_since,
         )
         failures = self.failures
         self._record(lambda metrics: metrics.failure(error.reason, duration, failures))

@@ -809,6 +809,52 @@ def test_every_hostile_answer_adds_exactly_one_attempt_sample(
     assert sidecar.config.token.path.read_text() == GOOD_TOKEN
 
 
+# -- what the refresher hands the policy (issue 12's inputs) ----------------------------------
+
+
+def test_only_the_first_token_of_a_process_gets_the_wide_refresh_window(tmp_path: Path) -> None:
+    """[0.1·L, 0.8·L] for the first token, [0.7·L, 0.8·L] for every later one (SPEC)."""
+    firsts, laters = [], []
+    with FakeApi(lifetime=1000) as api:
+        path = write_config(tmp_path, api.url, refresh={"min_interval_seconds": 0})
+        environ = base_env()
+        config = config_module.load(path, environ, {})
+        for seed in range(20):
+            client = ApiClient(config.api)
+            sidecar = Refresher(config, client, None, Log(), rng=Random(seed), environ=environ)
+            try:
+                firsts.append(sidecar.attempt().delay)
+                laters.append(sidecar.attempt().delay)
+            finally:
+                client.close()
+    assert all(80 - 1 <= delay <= 800 for delay in firsts)
+    assert min(firsts) < 700  # 20 draws from [80, 800]: all above 700 has odds of 1e-17
+    assert all(700 - 1 <= delay <= 800 for delay in laters)
+
+
+def test_after_a_long_patient_wait_the_backoff_goes_on_at_the_cap(
+    tmp_path: Path, upstream: HostileUpstream
+) -> None:
+    """The ceiling is raised to min(max, seconds spent failing): 1000 s of failing → the cap."""
+    upstream.script(Reply([response(error_body("SERVICE_UNAVAILABLE"), "503 X")]))
+    path = write_config(tmp_path, upstream.url, backoff={"initial_seconds": 1, "max_seconds": 300})
+    environ = base_env()
+    config = config_module.load(path, environ, {})
+    clock = [5000.0]
+    client = ApiClient(config.api)
+    sidecar = Refresher(
+        config, client, None, Log(), rng=Random(2), environ=environ, monotonic=lambda: clock[0]
+    )
+    try:
+        first = sidecar.attempt()
+        clock[0] += 1000
+        second = sidecar.attempt()
+    finally:
+        client.close()
+    assert 0 <= first.delay <= 1
+    assert 150 <= second.delay <= 300  # equal jitter at the cap, not [0, 2] for failure #2
+
+
 # -- the real command ---------------------------------------------------------------------
 
 
