@@ -10,67 +10,15 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from enum import StrEnum
 from random import Random
+
+# Re-exported (the alias says so to mypy): callers know Lane and ERROR_CODES as policy's.
+from sidecar.error_codes import ERROR_CODES as ERROR_CODES  # noqa: PLC0414
+from sidecar.error_codes import Lane as Lane  # noqa: PLC0414
+from sidecar.error_codes import lane_for
 
 RETRY_AFTER_CAP_SECONDS = 3600.0
 SLOW_LANE_JITTER = 0.1
-
-RETRYABLE_CODES = frozenset(
-    {
-        "SERVICE_UNAVAILABLE",
-        "LIMIT_EXCEEDED",
-        "QUOTA_EXCEEDED",
-        "INTERNAL_SERVER_ERROR",
-        "CONFIGURATION_ERROR",
-        "RESPONSE_VALIDATION_FAILED",
-    }
-)
-CREDENTIAL_CODES = frozenset(
-    {
-        "USER_NOT_CONFIRMED",
-        "INVALID_CREDENTIALS",
-        "INCOMPLETE_CREDENTIALS",
-        "INVALID_SESSION_TOKEN",
-        "FORCE_CHANGE_PASSWORD",
-        "PASSWORD_RESET_REQUIRED",
-        "PASSWORD_EXPIRED",
-        "CODE_EXPIRED",
-        "SESSION_EXPIRED",
-        "UNAUTHORISED",
-        "AUTHENTICATOR_ERROR",
-        "SSO_ACCOUNT",
-        "FORBIDDEN",
-    }
-)
-REQUEST_CODES = frozenset(
-    {
-        "METHOD_NOT_ALLOWED",
-        "INVALID_INPUT",
-        "PATH_VALIDATION_FAILED",
-        "QUERY_VALIDATION_FAILED",
-        "BODY_VALIDATION_FAILED",
-        "INVALID_OR_MALFORMED_JSON",
-        "NOT_FOUND",
-        "CONFLICT",
-        "REVIEW_ALREADY_PENDING",
-        "REVIEW_NOT_PENDING",
-        "REVIEW_PENDING",
-        "REVIEW_INSUFFICIENT_DOMAINS",
-        "UNSUPPORTED_ENDPOINT_VERSION",
-        "ENDPOINT_NOT_FOUND",
-        "ENDPOINT_ALREADY_EXISTS",
-    }
-)
-ERROR_CODES = RETRYABLE_CODES | CREDENTIAL_CODES | REQUEST_CODES
-
-
-class Lane(StrEnum):
-    """How an error is retried."""
-
-    RETRYABLE = "retryable"
-    CREDENTIAL = "credential"
-    REQUEST = "request"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,12 +47,9 @@ def classify(status: int, error_code: str | None) -> tuple[Lane, str]:
     A known ``errorCode`` decides whatever the status; otherwise the status does.
     An unknown code never becomes a label: it would make the label set unbounded.
     """
-    if error_code in RETRYABLE_CODES:
-        return Lane.RETRYABLE, error_code
-    if error_code in CREDENTIAL_CODES:
-        return Lane.CREDENTIAL, error_code
-    if error_code in REQUEST_CODES:
-        return Lane.REQUEST, error_code
+    lane = lane_for(error_code)
+    if lane is not None and error_code is not None:
+        return lane, error_code
     reason = f"http_{status}"
     if status >= 500 or status == 429 or status < 300:
         return Lane.RETRYABLE, reason
