@@ -8,7 +8,7 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, TextIO
 from urllib.parse import quote, quote_plus
 
@@ -60,7 +60,7 @@ def encoded_forms(secret: str) -> set[str]:
     return {form for form in forms if form}
 
 
-def _pattern(form: str, short: bool) -> str:
+def _pattern(form: str, *, short: bool) -> str:
     """``form`` as a regex; for a short secret only where no word character is glued to it."""
     before = _BEFORE if short and _WORD_CHAR.match(form[0]) else ""
     after = _AFTER if short and _WORD_CHAR.match(form[-1]) else ""
@@ -72,12 +72,15 @@ class Redactor:
 
     Secrets are registered as they become known (the key when it is read, each
     token when it arrives), so even a message that quotes one by accident is clean.
+    Adding one is cheap (it sits between a token's arrival and its write); a form's
+    regex is compiled only once a text holds it.
     """
 
     def __init__(self) -> None:
         self._secrets: dict[str, str] = {}
-        self._names: dict[str, str] = {}
-        self._regex: re.Pattern[str] | None = None
+        # (form, fingerprint, short), longest form first.
+        self._forms: list[tuple[str, str, bool]] = []
+        self._compiled: dict[str, re.Pattern[str]] = {}
         self._lock = threading.Lock()
 
     def add(self, secret: str) -> None:
@@ -91,31 +94,29 @@ class Redactor:
                 return
             while len(self._secrets) > _REMEMBERED:
                 del self._secrets[next(iter(self._secrets))]
-            self._rebuild()
-
-    def _rebuild(self) -> None:
-        names: dict[str, str] = {}
-        patterns: dict[str, str] = {}
-        for secret, name in self._secrets.items():
-            short = len(secret) < SHORT_SECRET
-            for form in encoded_forms(secret):
-                names[form] = name
-                patterns[form] = _pattern(form, short)
-        # Longest first: at one position the whole form wins over a prefix of it.
-        ordered = sorted(patterns, key=len, reverse=True)
-        self._names = names
-        self._regex = re.compile("|".join(patterns[f] for f in ordered)) if ordered else None
+            forms = {
+                (form, name, len(secret) < SHORT_SECRET)
+                for secret, name in self._secrets.items()
+                for form in encoded_forms(secret)
+            }
+            self._forms = sorted(forms, key=lambda item: len(item[0]), reverse=True)
+            kept = {form for form, _name, _short in forms}
+            self._compiled = {f: p for f, p in self._compiled.items() if f in kept}
 
     def scrub(self, text: str) -> str:
         with self._lock:
-            regex, names = self._regex, self._names
-        if regex is None:
-            return text
-        for _ in range(3):  # a replacement never makes a new secret, but be sure
-            cleaned = regex.sub(lambda m: names[m.group(0)], text)
-            if cleaned == text:
-                break
-            text = cleaned
+            forms = self._forms
+        for form, name, short in forms:
+            if form not in text:
+                continue
+            if not short:
+                text = text.replace(form, name)
+                continue
+            regex = self._compiled.get(form)
+            if regex is None:
+                regex = self._compiled[form] = re.compile(_pattern(form, short=True))
+            # A function, not a template: nothing in the name is read as a backreference.
+            text = regex.sub(_constant(name), text)
         return text
 
     def clean(self, value: Any, field: object = None, depth: int = 0) -> Any:
@@ -145,6 +146,10 @@ class Redactor:
         for field in list(event_dict):
             event_dict[field] = self.clean(event_dict[field], field)
         return event_dict
+
+
+def _constant(name: str) -> Callable[[re.Match[str]], str]:
+    return lambda _match: name
 
 
 REDACTOR = Redactor()

@@ -223,9 +223,16 @@ def test_notify_sequence_and_watchdog_cadence(
     # The second run kept the first run's token; SIGHUP makes it fetch a new one.
     sidecar.signal(signal.SIGHUP)
     wait_until(lambda: len(fake_api.issued) >= 2)
+    # SIGTERM only once the new token is announced: sent at once, it races the write
+    # (the write is then rightly abandoned, and no STATUS follows).
+    rest: list[str] = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any(
+        m.startswith("STATUS=token valid until") for m in rest
+    ):
+        rest.append(receive(sock)[1])
     sidecar.signal(signal.SIGTERM)
     assert sidecar.wait() == 0
-    rest = []
     while True:
         try:
             rest.append(receive(sock)[1])
