@@ -285,3 +285,20 @@ def test_usage_errors_exit_2() -> None:
     version = run_command(["--version"])
     assert version.returncode == 0
     assert version.stdout.startswith("forestreet-sidecar ")
+
+
+def test_first_from_fraction_has_its_variable_and_stays_at_most_at_fraction() -> None:
+    variable = "FORESTREET_SIDECAR_REFRESH_FIRST_FROM_FRACTION"
+    config = load(None, {**KEY_ENV, variable: "0.3"})
+    assert config.refresh.first_from_fraction == 0.3
+    assert load(None, KEY_ENV).refresh.first_from_fraction == 0.1
+    with pytest.raises(ConfigError) as raised:
+        load(None, {**KEY_ENV, variable: "1.5"})
+    assert raised.value.problems == [
+        f"refresh.first_from_fraction: must be in [0, 1] (from {variable})"
+    ]
+    with pytest.raises(ConfigError) as raised:
+        load(None, {**KEY_ENV, variable: "0.9"})
+    assert raised.value.problems == [
+        f"refresh.first_from_fraction: must be ≤ refresh.at_fraction (0.8) (from {variable})"
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from random import Random
@@ -15,7 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import fleet
 from sidecar import policy
+from sidecar.fake_api import FakeApi
 from sidecar.policy import BackoffPolicy, RefreshPolicy
+from tests.conftest import Sidecar, base_env, write_config
 
 N = 200
 SEED = 7
@@ -292,3 +295,33 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     fleet.plot(scenario, ours, base, path)
 
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_fresh_process_refreshes_its_first_token_between_10_and_80_percent(
+    tmp_path: Path, sidecars: Callable[..., Sidecar]
+) -> None:
+    """Through the real command, six processes: the rollout spreads (refresh.first_from_fraction).
+
+    Every first refresh lands in [0.1·L, 0.8·L]; under the old 70-80 % window all six
+    would be at or above 0.7·L (less the time from send to log line, < 0.15 s here), which
+    six uniform draws over [0.1, 0.8] all are with a chance of about 0.2^6 ≈ 6e-5. The token
+    after it is scheduled in the normal 70-80 %.
+    """
+    lifetime = 3.0
+    with FakeApi(lifetime=lifetime) as api:
+        processes = []
+        for k in range(6):
+            (tmp_path / f"p{k}").mkdir()
+            config = write_config(
+                tmp_path / f"p{k}", api.url, refresh={"min_interval_seconds": 0.05}
+            )
+            processes.append(sidecars(["--config", str(config), "run"], base_env()))
+        firsts = [p.wait_event("token_refreshed", timeout=20)["next_refresh_in"] for p in processes]
+        seconds = [
+            p.wait_event("token_refreshed", timeout=10)["next_refresh_in"] for p in processes
+        ]
+
+    # next_refresh_in is counted from the log line, a little after the request was sent.
+    assert all(0.1 * lifetime - 0.15 <= d <= 0.8 * lifetime for d in firsts), firsts
+    assert min(firsts) < 0.7 * lifetime - 0.15, firsts
+    assert all(0.7 * lifetime - 0.15 <= d <= 0.8 * lifetime for d in seconds), seconds
