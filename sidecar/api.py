@@ -87,7 +87,8 @@ class ApiClient:
         wall: Callable[[], float] = time.time,
     ) -> None:
         self._url = config.session_url
-        self._host = urlsplit(config.base_url).netloc
+        # host[:port] for messages; userinfo, should a URL carry one, is no one's business.
+        self._host = urlsplit(config.base_url).netloc.rpartition("@")[2]
         self._timeout = config.timeout_seconds
         self._require_refresh = require_refresh_token
         self._monotonic = monotonic
@@ -103,7 +104,7 @@ class ApiClient:
             {
                 "Accept": "application/json",
                 "User-Agent": f"forestreet-sidecar/{__version__}",
-                # What arrives compressed anyway is decoded under the same cap (read_body).
+                # What arrives compressed anyway is decoded under the same cap (decode_content).
                 "Accept-Encoding": "identity",
             }
         )
