@@ -185,13 +185,16 @@ class ProbeServer:
             _linger(conn, started + 2 * self._read_timeout)
         except OSError:
             return
+        except Exception:  # noqa: BLE001 - no traceback on stderr from a client's bytes
+            if self._log is not None:
+                self._log.error("probe_failed", message="answering a probe raised an error")
         finally:
             self._release(conn)
             if self._log is not None and status:
                 self._log.debug(
                     "probe_request",
-                    method=method,
-                    path=path,
+                    method=method[:16],
+                    path=path[:200],
                     status=status,
                     duration=round(time.monotonic() - started, 4),
                 )
