@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
 
-from sidecar import sink
+from sidecar import signals, sink
 from sidecar.config import Config
 from sidecar.errors import Interrupted
 from sidecar.notify import Notifier
@@ -221,8 +221,7 @@ class Daemon:
         return code
 
     def restore_signals(self) -> None:
-        for signum, handler in self._previous_handlers.items():
-            signal.signal(signum, handler)
+        signals.restore(self._previous_handlers)
         self._previous_handlers = {}
 
     def _loop(self) -> None:
@@ -413,14 +412,7 @@ class Daemon:
             self._hup = True
             self._wake.set()
 
-        previous: dict[int, Any] = {}
-        for signum, handler in (
-            (signal.SIGTERM, stop),
-            (signal.SIGINT, stop),
-            (signal.SIGHUP, hup),
-        ):
-            previous[signum] = signal.signal(signum, handler)
-        return previous
+        return signals.install({signal.SIGTERM: stop, signal.SIGINT: stop, signal.SIGHUP: hup})
 
     def stop_signal_name(self) -> str:
         return signal.Signals(self._stop_signal).name if self._stop_signal else "error"

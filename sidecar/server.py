@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sidecar import loopback
 from sidecar.errors import StartupError
 
 if TYPE_CHECKING:
@@ -128,16 +129,9 @@ class ProbeServer:
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
         if self._thread.is_alive():
-            self._poke()
+            loopback.poke(self._sock.getsockname())
             self._thread.join(1.0)
         self._sock.close()
-
-    def _poke(self) -> None:
-        host, port = self._sock.getsockname()[:2]
-        wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104
-        loopback = wildcard.get(str(host), host)
-        with contextlib.suppress(OSError):
-            socket.create_connection((str(loopback), int(port)), timeout=0.2).close()
 
     def _accept_loop(self) -> None:
         while not self._stopping.is_set():
