@@ -44,6 +44,23 @@ def refreshes(
     return value(samples, "refreshes_total", result=result, reason=reason)
 
 
+# SPEC's "patient while valid" retries any failure at r/4..r/2 while the token stays
+# valid for r: the tests of quick retries run once the token has expired. A 1 s token,
+# and no scheduled refresh for a minute, so only the test's SIGHUP causes attempts.
+EXPIRE_FIRST = {"min_interval_seconds": 60}
+
+
+@pytest.fixture
+def short_lived_api() -> Iterator[FakeApi]:
+    with FakeApi(lifetime=1.0, seed=7) as api:
+        yield api
+
+
+def expired(path: Path) -> None:
+    """Wait until the token written 1 s-lived at ``path`` has expired."""
+    time.sleep(max(0.0, path.stat().st_mtime + 1.2 - time.time()))
+
+
 def start_listening(
     start: Start, config: Path, env: dict[str, str] | None = None
 ) -> tuple[Sidecar, str]:
@@ -71,7 +88,7 @@ def test_every_series_exists_from_the_first_scrape(tmp_path: Path, sidecars: Sta
 def test_values_follow_a_scripted_failure_then_success_sequence(
     tmp_path: Path, sidecars: Start
 ) -> None:
-    with FakeApi(lifetime=3600, expires_at_unit="ms") as api:
+    with FakeApi(lifetime=1.0, expires_at_unit="ms") as api:
         session_path = tmp_path / "out" / "session.json"
         config = write_config(
             tmp_path,
@@ -80,6 +97,7 @@ def test_values_follow_a_scripted_failure_then_success_sequence(
             server={"listen": "127.0.0.1:0"},
             token={"session_path": str(session_path)},
             backoff={"initial_seconds": 0.05, "max_seconds": 0.2},
+            refresh=EXPIRE_FIRST,
         )
         sidecar, url = start_listening(sidecars, config)
         first = sidecar.wait_event("token_refreshed")
@@ -104,6 +122,7 @@ def test_values_follow_a_scripted_failure_then_success_sequence(
             (Answer(reset=True), "connection_error"),
         ]
         api.script(*(answer for answer, _ in script))
+        expired(session_path)
         sidecar.signal(signal.SIGHUP)
         for count, (_, reason) in enumerate(script, start=1):
             failed = sidecar.wait_event("refresh_failed", timeout=10)
@@ -143,17 +162,20 @@ def test_sighup_moves_next_refresh(tmp_path: Path, fake_api: FakeApi, sidecars: 
 
 
 def test_a_write_error_is_counted_and_the_daemon_recovers(
-    tmp_path: Path, fake_api: FakeApi, sidecars: Start
+    tmp_path: Path, short_lived_api: FakeApi, sidecars: Start
 ) -> None:
+    fake_api = short_lived_api
     config = write_config(
         tmp_path,
         fake_api.url,
         server={"listen": "127.0.0.1:0"},
         backoff={"initial_seconds": 0.3, "max_seconds": 0.6},
+        refresh=EXPIRE_FIRST,
     )
     sidecar, url = start_listening(sidecars, config)
     sidecar.wait_event("token_refreshed")
     token = tmp_path / "out" / "token"
+    expired(token)
     token.unlink()
     token.mkdir()  # a directory where the file goes: the rename must fail
     sidecar.signal(signal.SIGHUP)
@@ -286,8 +308,9 @@ def test_a_stuck_loop_fails_healthz_and_stops_the_watchdog(
 
 
 def test_an_unreadable_key_is_a_credential_failure_with_its_own_reason(
-    tmp_path: Path, fake_api: FakeApi, sidecars: Start
+    tmp_path: Path, short_lived_api: FakeApi, sidecars: Start
 ) -> None:
+    fake_api = short_lived_api
     key_file = tmp_path / "key"
     key_file.write_text("a-key-for-this-test")
     config = write_config(
@@ -296,9 +319,11 @@ def test_an_unreadable_key_is_a_credential_failure_with_its_own_reason(
         api={"key_file": str(key_file)},
         server={"listen": "127.0.0.1:0"},
         backoff={"initial_seconds": 0.05, "max_seconds": 0.3},
+        refresh=EXPIRE_FIRST,
     )
     sidecar, url = start_listening(sidecars, config)
     sidecar.wait_event("token_refreshed")
+    expired(tmp_path / "out" / "token")
     key_file.unlink()  # a Secret being rotated, or a credential gone
     sidecar.signal(signal.SIGHUP)
     failed = sidecar.wait_event("refresh_failed")

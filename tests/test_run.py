@@ -6,7 +6,7 @@ import json
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,8 @@ def test_sighup_forces_an_immediate_refresh(
     config = write_config(tmp_path, fake_api.url)
     sidecar, _ = start_run(sidecars, config)
     first = sidecar.wait_event("token_refreshed")
-    assert first["next_refresh_in"] > 2000  # an hour-long token: no refresh soon by itself
+    # An hour-long token: the first refresh comes after 0.1 of its life at the earliest.
+    assert first["next_refresh_in"] > 300
     sidecar.signal(signal.SIGHUP)
     sidecar.wait_event("refresh_requested", timeout=5)
     second = sidecar.wait_event("token_refreshed", timeout=5)
@@ -88,17 +89,29 @@ def test_sighup_forces_an_immediate_refresh(
     assert (tmp_path / "out" / "token").read_text() == fake_api.issued[-1]
 
 
+@pytest.fixture
+def short_lived_api() -> Iterator[FakeApi]:
+    with FakeApi(lifetime=1.0, seed=7) as api:
+        yield api
+
+
 def test_failures_never_touch_the_token_on_disk(
-    tmp_path: Path, fake_api: FakeApi, sidecars: Start
+    tmp_path: Path, short_lived_api: FakeApi, sidecars: Start
 ) -> None:
+    """Not even an expired token (with a valid one, failures wait patiently: r/4..r/2)."""
+    fake_api = short_lived_api
     config = write_config(
-        tmp_path, fake_api.url, backoff={"initial_seconds": 0.05, "max_seconds": 0.1}
+        tmp_path,
+        fake_api.url,
+        backoff={"initial_seconds": 0.05, "max_seconds": 0.1},
+        refresh={"min_interval_seconds": 60},
     )
     sidecar, _ = start_run(sidecars, config)
     sidecar.wait_event("token_refreshed")
     token = tmp_path / "out" / "token"
     good = token.read_text()
     inode = token.stat().st_ino
+    time.sleep(max(0.0, token.stat().st_mtime + 1.2 - time.time()))
     fake_api.script(
         Answer(error_code="SERVICE_UNAVAILABLE"),
         Answer(body=b"<html>oops</html>", content_type="text/html"),
