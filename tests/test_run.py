@@ -36,7 +36,9 @@ def test_run_writes_and_keeps_refreshing(tmp_path: Path, sidecars: Start) -> Non
         sidecar, _ = start_run(sidecars, config)
         for _ in range(4):
             event = sidecar.wait_event("token_refreshed")
-            assert 0.2 <= event["next_refresh_in"] <= 0.4
+            # min_interval (0.2 s) counts from the request's send, next_refresh_in from the
+            # log line; a first token may be refreshed from 0.1 of its life (first_from_fraction).
+            assert 0.1 <= event["next_refresh_in"] <= 0.4
         token = (tmp_path / "out" / "token").read_text()
         assert token in api.issued[-2:]
         sidecar.signal(signal.SIGTERM)
