@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from sidecar import server
 from sidecar.fake_api import Answer, FakeApi
@@ -80,6 +81,14 @@ def http_get(port: int, path: str) -> int:
     return get(f"http://127.0.0.1:{port}{path}").status_code
 
 
+def answers(port: int, path: str) -> int:
+    """The status, or 0 while the port still refuses (at its cap, a connection is closed)."""
+    try:
+        return http_get(port, path)
+    except requests.ConnectionError:
+        return 0
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -101,16 +110,23 @@ def test_connections_beyond_64_are_closed_at_once_not_queued(
     held = [connect(port) for _ in range(CAP)]
     try:
         time.sleep(0.3)  # let the server accept all of them
-        extra = connect(port)
-        started = time.monotonic()
-        assert closed_by_peer(extra, within=2.0)
-        assert time.monotonic() - started < 2.0
-        extra.close()
+        # On a loaded host one of the 64 may still be in the backlog when the next
+        # arrives, which then takes its slot: a second or third one must be refused.
+        refused_after = None
+        for _ in range(3):
+            extra = connect(port)
+            held.append(extra)
+            started = time.monotonic()
+            if closed_by_peer(extra, within=2.0):
+                refused_after = time.monotonic() - started
+                break
+        assert refused_after is not None, "a 65th connection was queued, not refused"
+        assert refused_after < 2.0
     finally:
         for sock in held:
             sock.close()
     # Once the idle ones are gone, the port serves again.
-    wait_until(lambda: http_get(port, "/healthz") == 200, timeout=5, interval=0.1)
+    wait_until(lambda: answers(port, "/healthz") == 200, timeout=5, interval=0.1)
     stop_cleanly(sidecar, secrets_of(fake_api))
 
 
@@ -184,7 +200,7 @@ def test_a_connection_flood_neither_stalls_nor_starves_the_refresh_loop(
         assert len(during) >= 9, during
         gaps = [b - a for a, b in zip([opened, *during], during, strict=False)]
         assert max(gaps) < 1.5, gaps
-        wait_until(lambda: http_get(port, "/healthz") == 200, timeout=10, interval=0.2)
+        wait_until(lambda: answers(port, "/healthz") == 200, timeout=10, interval=0.2)
         assert http_get(port, "/metrics") == 200
         stop_cleanly(sidecar, secrets_of(api))
 
