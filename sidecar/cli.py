@@ -138,18 +138,15 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.command == "check-config":
         return _check_config(config, environ)
 
-    from sidecar import logs, sink
+    from sidecar import logs, outputs
 
     logs.configure(config.log.level, config.log.format)
     log = logs.get()
     for warning in config.warnings:
         log.warning("config_warning", message=warning)
-    paths = [config.token.path]
-    if config.token.session_path is not None:
-        paths.append(config.token.session_path)
-    for path in paths:
-        sink.check_writable(path)
-        for temp in sink.sweep_stale(path):
+    for output in outputs.from_config(config.token):
+        output.check_writable()
+        for temp in output.sweep():
             log.info("stale_temp_removed", path=str(temp))
     if args.command == "once":
         return _once(config, environ, log, args.timeout)
@@ -199,9 +196,14 @@ def _once(config: Any, environ: Mapping[str, str], log: Any, timeout: float) -> 
     from sidecar.api import ApiClient
     from sidecar.policy import Lane
     from sidecar.refresher import Refresher
+    from sidecar.report import Reporter
 
     client = ApiClient(config.api, require_refresh_token=config.token.include_refresh_token)
-    refresher = Refresher(config, client, None, log, rng=Random(), environ=environ)
+    # Nothing refreshes after once: its log lines name no next refresh past its deadline.
+    reporter = Reporter(config, log, until=time.time() + timeout)
+    refresher = Refresher(
+        config, client, None, log, rng=Random(), environ=environ, observers=[reporter]
+    )
     deadline = time.monotonic() + timeout
     attempts = 0
     try:
@@ -269,7 +271,7 @@ def _run(config: Any, environ: Mapping[str, str], log: Any) -> int:
         kept = refresher.adopt_existing()
         # Without a kept token, the first token waits for nothing else: not the
         # scheduler or the metrics, whose imports cost more than the request itself.
-        first_due = time.monotonic() + kept if kept is not None else daemon.first_attempt()
+        first_due = time.monotonic() + kept.delay if kept is not None else daemon.first_attempt()
         if first_due is None:
             log.info("shutdown", signal=daemon.stop_signal_name())
             return EXIT_OK
@@ -279,9 +281,7 @@ def _run(config: Any, environ: Mapping[str, str], log: Any) -> int:
         from sidecar.metrics import Metrics
 
         registry = CollectorRegistry()
-        metrics = Metrics(registry, __version__)
-        metrics.next_refresh.set(time.time() + max(0.0, first_due - time.monotonic()))
-        refresher.attach_metrics(metrics)
+        refresher.attach_metrics(Metrics(registry, __version__))
         if probes is not None:
             probes.publish(registry)
         log.info(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -13,7 +15,10 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
-from sidecar.policy import ERROR_CODES
+from sidecar.error_codes import ERROR_CODES
+
+if TYPE_CHECKING:
+    from sidecar.outcome import Outcome
 
 PREFIX = "forestreet_sidecar"
 LOCAL_REASONS = (
@@ -69,6 +74,11 @@ class Metrics:
             "Unix time at which the token on disk expires (0 while there is none).",
             registry=registry,
         )
+        self.token_lifetime = Gauge(
+            f"{PREFIX}_token_lifetime_seconds",
+            "expiresIn of the token on disk (0 while there is none).",
+            registry=registry,
+        )
         self.last_success = Gauge(
             f"{PREFIX}_last_success_timestamp_seconds",
             "Unix time at which the last token was written (0 before the first).",
@@ -102,6 +112,27 @@ class Metrics:
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
+
+    def observe(self, outcome: Outcome) -> None:
+        """The metrics observer of every attempt: the only writer of these gauges."""
+        token = outcome.token
+        if token is not None:
+            self.token_expiry.set(token.expires_wall)
+            self.token_lifetime.set(token.lifetime)
+        if outcome.kept:
+            self.last_success.set(token.obtained_wall if token is not None else 0.0)
+        elif outcome.ok:
+            self.success(outcome.duration)
+            self.last_success.set(outcome.ended_wall)
+            if outcome.skew is not None:
+                self.clock_skew.set(outcome.skew)
+        else:
+            self.failure(outcome.reason, outcome.duration, outcome.failures)
+        self.next_refresh.set(outcome.next_wall)
+
+    def planned(self, wall: float) -> None:
+        """The next attempt moved (a forced refresh, a wall-clock jump)."""
+        self.next_refresh.set(wall)
 
     def success(self, duration: float) -> None:
         self.refreshes.labels(result="success", reason="ok").inc()

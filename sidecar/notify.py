@@ -13,6 +13,10 @@ import socket
 import threading
 from collections.abc import Mapping
 from types import TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sidecar.outcome import Outcome
 
 __all__ = ["Notifier", "socket_address", "watchdog_interval"]
 
@@ -157,3 +161,36 @@ class Notifier:
         if status is None:
             return self.send(line)
         return self.send(line, f"STATUS={_one_line(status)}")
+
+
+class SystemdStatus:
+    """The sd_notify observer of every attempt: ``READY=1`` with the first token, then ``STATUS=``.
+
+    ``READY=1`` goes out with the first outcome that left a token on disk (written, or kept
+    from an earlier run), never before; each later outcome updates ``STATUS=``.
+    """
+
+    def __init__(self, notifier: Notifier) -> None:
+        self.notifier = notifier
+        self._ready = False
+
+    def __call__(self, outcome: Outcome) -> None:
+        from sidecar.outcome import iso
+
+        token = outcome.token
+        valid = (
+            f"token valid until {iso(token.expires_wall)}"
+            if token is not None and outcome.token_valid_for() is not None
+            else "no valid token"
+        )
+        if not outcome.ok:
+            self.notifier.status(
+                f"refresh failed ({outcome.reason}); retry in {outcome.delay:.0f}s; {valid}"
+            )
+            return
+        text = f"{valid}; next refresh in {outcome.delay:.0f}s"
+        if self._ready:
+            self.notifier.status(text)
+        else:
+            self._ready = True
+            self.notifier.ready(text)

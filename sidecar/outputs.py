@@ -74,6 +74,13 @@ class Output:
     def write(self, issued: Issued) -> None:
         sink.write_atomic(self.path, self.render(issued), mode=self.mode, gid=self.gid)
 
+    def check_writable(self) -> None:
+        sink.check_writable(self.path)
+
+    def sweep(self) -> list[Path]:
+        """Remove the temporary files a crash left beside this output."""
+        return sink.sweep_stale(self.path)
+
 
 def from_config(token: TokenConfig) -> tuple[Output, ...]:
     """The outputs in write order: the token file last, so that a reader keyed on it finds

@@ -1,7 +1,8 @@
-"""One refresh attempt: read the key, fetch a session, write it, record the outcome.
+"""One refresh attempt: read the key, fetch a session, write the outputs, tell the observers.
 
 The scheduler, ``once`` and the tests all call ``Refresher.attempt``; it never raises
-for a failed refresh, it returns the decision of what to do next.
+for a failed refresh. It returns one ``Outcome`` (what happened, and when the next attempt
+is due) and hands the same record to every observer: the log line, the metrics, systemd.
 """
 
 from __future__ import annotations
@@ -10,21 +11,23 @@ import json
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from random import Random
 from typing import TYPE_CHECKING, Any
 
-from sidecar import sink
+from sidecar import outputs as outputs_module
+from sidecar import report, sink
 from sidecar.api import SHORTAGE_HINT, ApiClient, Fetched, shortage
 from sidecar.config import Config
-from sidecar.errors import CredentialError, EndpointError, RefreshError, TransientError
+from sidecar.errors import CredentialError, RefreshError, TransientError
 from sidecar.logs import REDACTOR
-from sidecar.policy import Lane, next_refresh, retry_delay
+from sidecar.outcome import Observer, Outcome, TokenOnDisk, iso
+from sidecar.policy import next_refresh, retry_delay
 from sidecar.session import TOKEN_PATTERN, fingerprint, jwt_claims, positive_number
 
 if TYPE_CHECKING:  # prometheus_client is not needed on the way to the first token
     from sidecar.metrics import Metrics
+
+__all__ = ["Outcome", "Refresher", "Stopping", "TokenOnDisk", "iso"]
 
 KEY_HINT = "check that api.key_file (or the key variable / credential) exists and is readable"
 BUG_HINT = "an unforeseen failure, counted and retried; please report it with this message"
@@ -32,25 +35,6 @@ BUG_HINT = "an unforeseen failure, counted and retried; please report it with th
 
 class Stopping(Exception):  # noqa: N818 - a signal, not an error
     """Raised inside an attempt when shutdown began before the write."""
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What one attempt did and when the next one is due (seconds from now)."""
-
-    ok: bool
-    delay: float
-    error: RefreshError | None = None
-    lane: Lane | None = None
-
-
-@dataclass(slots=True)
-class TokenOnDisk:
-    """What this process knows about the token file: whose token, and until when."""
-
-    fingerprint: str
-    expires_monotonic: float
-    expires_wall: float
 
 
 class Refresher:
@@ -63,6 +47,7 @@ class Refresher:
         *,
         rng: Random,
         environ: Mapping[str, str],
+        observers: list[Observer] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -74,28 +59,41 @@ class Refresher:
         self.environ = environ
         self.monotonic = monotonic
         self.wall = wall
+        self.outputs = outputs_module.from_config(config.token)
         self.failures = 0
         self._failing_since: float | None = None  # monotonic start of the first failure
         self._obtained = False  # a token fetched by this process (a kept one does not count)
         self._key = ""  # of the attempt under way: never in a message
         self.token: TokenOnDisk | None = None
-        self._unrecorded: list[Callable[[Metrics], None]] = []
+        self.last: Outcome | None = None
+        self.observers: list[Observer] = (
+            [report.Reporter(config, log)] if observers is None else list(observers)
+        )
+        if metrics is not None:
+            self.observers.append(metrics.observe)
         self.stopping = threading.Event()
         # Held across every write, so shutdown can wait for one to finish and bar the next.
         self.write_lock = threading.Lock()
 
-    def attach_metrics(self, metrics: Metrics) -> None:
-        """Start recording, replaying what happened before the metrics existed."""
-        self.metrics = metrics
-        for record in self._unrecorded:
-            record(metrics)
-        self._unrecorded.clear()
+    def observe(self, observer: Observer) -> None:
+        """Hand every outcome from now on to ``observer``, and the last one at once.
 
-    def _record(self, record: Callable[[Metrics], None]) -> None:
-        if self.metrics is None:
-            self._unrecorded.append(record)
-        else:
-            record(self.metrics)
+        The metrics exist only after the first attempt (their imports would delay the
+        first token); they take that attempt's record as it was, like any other.
+        """
+        self.observers.append(observer)
+        if self.last is not None:
+            observer(self.last)
+
+    def attach_metrics(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.observe(metrics.observe)
+
+    def _tell(self, outcome: Outcome) -> Outcome:
+        self.last = outcome
+        for observer in self.observers:
+            observer(outcome)
+        return outcome
 
     def remaining(self) -> float | None:
         """Seconds the token on disk stays valid, or None when there is none valid."""
@@ -175,29 +173,20 @@ class Refresher:
         return fetched
 
     def _write(self, fetched: Fetched) -> None:
-        token = self.config.token
         session = fetched.session
+        issued = outputs_module.Issued(session, obtained_at=fetched.sent_wall)
         with self.write_lock:
             if self.stopping.is_set():
                 raise Stopping
-            sink.write_atomic(
-                token.path, session.access_token.encode(), mode=token.mode, gid=token.gid
-            )
+            for output in self.outputs:  # the token file last
+                output.write(issued)
             self.token = TokenOnDisk(
                 fingerprint=session.fingerprint,
                 expires_monotonic=fetched.sent_monotonic + session.expires_in,
-                expires_wall=fetched.sent_wall + session.expires_in,
+                expires_wall=issued.expires_at,
+                obtained_wall=fetched.sent_wall,
+                lifetime=session.expires_in,
             )
-            if token.session_path is not None:
-                document: dict[str, object] = {
-                    "accessToken": session.access_token,
-                    "expiresIn": session.expires_in,
-                    "obtainedAt": round(fetched.sent_wall, 3),
-                    "expiresAt": round(fetched.sent_wall + session.expires_in, 3),
-                }
-                if token.include_refresh_token and session.refresh_token:
-                    document["refreshToken"] = session.refresh_token
-                sink.write_json_atomic(token.session_path, document, mode=token.mode, gid=token.gid)
 
     def _succeeded(self, fetched: Fetched, duration: float) -> Outcome:
         session = fetched.session
@@ -210,90 +199,60 @@ class Refresher:
         )
         self._obtained = True
         delay = max(0.0, fetched.sent_monotonic + plan - self.monotonic())
-        expires_wall = fetched.sent_wall + session.expires_in
         skew = (
             session.expires_at - (fetched.sent_wall + session.expires_in)
             if session.expires_at is not None
             else None
         )
-        succeeded_at = self.wall()
-
-        def record(metrics: Metrics) -> None:
-            metrics.success(duration)
-            metrics.token_expiry.set(expires_wall)
-            metrics.last_success.set(succeeded_at)
-            if skew is not None:
-                metrics.clock_skew.set(skew)
-
-        self._record(record)
-        if session.expires_in < self.config.refresh.min_interval_seconds:
-            self.log.warning(
-                "short_lifetime",
-                expires_in=session.expires_in,
-                min_interval_seconds=self.config.refresh.min_interval_seconds,
-                message="expiresIn is below refresh.min_interval_seconds; "
-                "the token will expire before the next refresh",
+        return self._tell(
+            Outcome(
+                ok=True,
+                delay=delay,
+                duration=duration,
+                ended_wall=self.wall(),
+                failures=0,
+                token=self.token,
+                skew=skew,
             )
-        self.log.info(
-            "token_refreshed",
-            path=str(self.config.token.path),
-            token_fingerprint=session.fingerprint,
-            expires_in=session.expires_in,
-            expires_at=iso(expires_wall),
-            next_refresh_in=round(delay, 3),
-            clock_skew=None if skew is None else round(skew, 3),
-            duration=round(duration, 4),
         )
-        return Outcome(ok=True, delay=delay)
 
     def _failed(self, error: RefreshError, duration: float) -> Outcome:
         self.failures += 1
         now = self.monotonic()
         if self.failures == 1 or self._failing_since is None:
             self._failing_since = now - duration
-        lane = lane_of(error)
         retry_after = error.retry_after if isinstance(error, TransientError) else None
-        remaining = self.remaining()
         delay = retry_delay(
             self.failures,
-            lane,
+            error.lane,
             self.config.backoff,
             self.rng,
             retry_after=retry_after,
-            remaining=remaining,
+            remaining=self.remaining(),
             # A sidecar that waited patiently and then lost its token goes on at the cap.
             failing_for=now - self._failing_since,
         )
-        failures = self.failures
-        self._record(lambda metrics: metrics.failure(error.reason, duration, failures))
-        loud = lane is not Lane.RETRYABLE or error.reason in ("write_error", "internal_error")
-        fields: dict[str, object] = {
-            "reason": error.reason,
-            "lane": str(lane),
-            "message": str(error),
-            "retry_in": round(delay, 3),
-            "consecutive_failures": self.failures,
-        }
-        if error.status is not None:
-            fields["status"] = error.status
-        if error.reason.isupper():
-            fields["error_code"] = error.reason
-        if retry_after is not None:
-            fields["retry_after"] = retry_after
-        if error.hint:
-            fields["hint"] = error.hint
-        fields["token_valid_for"] = None if remaining is None else round(remaining, 3)
-        (self.log.error if loud else self.log.warning)("refresh_failed", **fields)
-        return Outcome(ok=False, delay=delay, error=error, lane=lane)
+        return self._tell(
+            Outcome(
+                ok=False,
+                delay=delay,
+                duration=duration,
+                ended_wall=self.wall(),
+                failures=self.failures,
+                token=self.token,
+                error=error,
+                lane=error.lane,
+                retry_after=retry_after,
+            )
+        )
 
-    def adopt_existing(self) -> float | None:
-        """Keep a still-valid token from an earlier run; return the delay to its refresh.
+    def adopt_existing(self) -> Outcome | None:
+        """Keep a still-valid token from an earlier run; its outcome says when to refresh.
 
         Its expiry comes from our own session file (when it describes this very
         token) or from the token's JWT claims; without either it is not trusted.
         """
-        token = self.config.token
-        text = sink.read_text(token.path)
+        text = sink.read_text(self.config.token.path)
         if text is None or not TOKEN_PATTERN.fullmatch(text):
             return None
         now = self.wall()
@@ -311,25 +270,24 @@ class Refresher:
             fingerprint=fingerprint(text),
             expires_monotonic=self.monotonic() + (expires - now),
             expires_wall=expires,
+            obtained_wall=issued,
+            lifetime=lifetime,
         )
         REDACTOR.add(text)
-
-        def record(metrics: Metrics) -> None:
-            metrics.token_expiry.set(expires)
-            metrics.last_success.set(issued)
-
-        self._record(record)
-        self.log.info(
-            "token_kept",
-            path=str(token.path),
-            token_fingerprint=fingerprint(text),
-            expires_at=iso(expires),
-            next_refresh_in=round(delay, 3),
+        return self._tell(
+            Outcome(
+                ok=True,
+                delay=delay,
+                duration=0.0,
+                ended_wall=now,
+                failures=0,
+                token=self.token,
+                kept=True,
+            )
         )
-        return delay
 
     def _expiry_from_session(self, token_text: str) -> tuple[float, float, float] | None:
-        path = self.config.token.session_path
+        path = outputs_module.session_file(self.outputs)
         if path is None:
             return None
         raw = sink.read_text(path)
@@ -355,23 +313,3 @@ def _expiry_from_jwt(token_text: str, now: float) -> tuple[float, float, float] 
     if issued is not None and issued < expires:
         return issued, expires - issued, expires
     return now, expires - now, expires
-
-
-def lane_of(error: RefreshError) -> Lane:
-    if isinstance(error, CredentialError):
-        return Lane.CREDENTIAL
-    if isinstance(error, EndpointError):
-        return Lane.REQUEST
-    return Lane.RETRYABLE
-
-
-def iso(timestamp: float) -> str:
-    """ISO-8601 UTC for logs; a time outside what datetime holds is shown as a number.
-
-    An expiresIn of 1e300 is valid JSON and a finite, positive number: it must not crash.
-    """
-    try:
-        moment = datetime.fromtimestamp(timestamp, UTC)
-    except (OverflowError, OSError, ValueError):
-        return f"{timestamp:.0f}"
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -39,11 +39,13 @@ class Schedule:
         *,
         on_change: Callable[[float], None] = lambda _due: None,
         on_crash: Callable[[BaseException], float | None] = lambda _exc: None,
+        on_forced: Callable[[int], None] = lambda _requests: None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._attempt = attempt
         self._on_change = on_change  # told every new due time (monotonic)
         self._on_crash = on_crash  # told what ``attempt`` raised; returns the delay to go on
+        self._on_forced = on_forced  # told, as an attempt starts, how many requests it serves
         self._monotonic = monotonic
         # Reentrant: ``on_change`` may read ``due()``.
         self._lock = threading.RLock()
@@ -52,6 +54,7 @@ class Schedule:
         self._busy = False  # from a job's start until its successor is armed
         self._forced_after_busy = False  # run_soon() came while an attempt ran
         self._forced_at: float | None = None  # due time of the last forced attempt
+        self._requests = 0  # run_soon() calls since the last attempt started
         self._after: float | None = None  # what the finished job asked for
         self._scheduler: Any = None
         # Each arming is a job of its own: APScheduler removes a date job by id after
@@ -84,6 +87,7 @@ class Schedule:
         with self._lock:
             if self._scheduler is None:
                 return False
+            self._requests += 1
             if self._busy:
                 merged = self._forced_after_busy
                 self._forced_after_busy = True
@@ -120,6 +124,15 @@ class Schedule:
         with self._lock:
             return self._running_since
 
+    def wakeup(self) -> None:
+        """Make APScheduler look at the wall clock again now (it sleeps until its next run)."""
+        if self._scheduler is not None:
+            self._scheduler.wakeup()
+
+    @property
+    def started(self) -> bool:
+        return self._scheduler is not None
+
     def alive(self) -> bool:
         return self._scheduler is not None and bool(self._scheduler.running)
 
@@ -141,6 +154,9 @@ class Schedule:
                 self._after = early  # the wall clock jumped forward; the lifetime did not
                 return
             self._running_since = now
+            requests, self._requests = self._requests, 0
+        if requests:
+            self._on_forced(requests)
         try:
             after = self._attempt()
         finally:

@@ -25,10 +25,11 @@ import pytest
 
 from sidecar import config as config_module
 from sidecar.api import ApiClient
-from sidecar.daemon import CLOCK_SLACK_SECONDS, Daemon
+from sidecar.daemon import Daemon
 from sidecar.fake_api import Answer, FakeApi
 from sidecar.notify import Notifier
 from sidecar.refresher import Refresher
+from sidecar.schedule import CLOCK_SLACK_SECONDS
 from tests.conftest import base_env, write_config
 
 LIFETIME = 4.0  # refresh at 2.8-3.2 s, expiry at 4 s: room for CLOCK_SLACK_SECONDS
@@ -87,10 +88,10 @@ def jumpable_wall(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[WallClock]]:
     import apscheduler.schedulers.base
     import apscheduler.triggers.date
 
-    import sidecar.daemon
+    import sidecar.schedule
 
     for module in (
-        sidecar.daemon,
+        sidecar.schedule,
         apscheduler.schedulers.base,
         apscheduler.executors.base,
         apscheduler.triggers.date,
@@ -122,9 +123,7 @@ def test_wall_clock_jumps_move_no_refresh_and_expire_no_token(
         refresher = Refresher(
             config, client, None, log, rng=Random(5), environ=environ, wall=jumpable_wall.time
         )
-        daemon = Daemon(
-            config, refresher, Notifier.from_environ({}, os.getpid()), log, wall=jumpable_wall.time
-        )
+        daemon = Daemon(config, refresher, Notifier.from_environ({}, os.getpid()), log)
         codes: list[int] = []
         runner = threading.Thread(target=lambda: codes.append(daemon.run(time.monotonic())))
         not_ready: list[str] = []
@@ -133,12 +132,12 @@ def test_wall_clock_jumps_move_no_refresh_and_expire_no_token(
             first = wait_for(log, "token_refreshed", 1, timeout=5)
             # Forward an hour, and make APScheduler look at its clock again at once.
             jumpable_wall.offset += HOUR
-            daemon._scheduler.wakeup()
+            daemon.schedule.wakeup()
             second = wait_for(log, "token_refreshed", 2, timeout=LIFETIME)
             # Back two hours: APScheduler now thinks the next run is an hour away.
             api.script(Answer(lifetime=HOUR))  # the third token lets the daemon rest
             jumpable_wall.offset -= 2 * HOUR
-            daemon._scheduler.wakeup()
+            daemon.schedule.wakeup()
             deadline = time.monotonic() + LIFETIME
             while len(log.named("token_refreshed")) < 3 and time.monotonic() < deadline:
                 ready, detail = daemon.readiness()
@@ -148,8 +147,7 @@ def test_wall_clock_jumps_move_no_refresh_and_expire_no_token(
             third = wait_for(log, "token_refreshed", 3, timeout=1)
         finally:
             # No attempt runs now (the next is ~45 min away): stop as SIGTERM would.
-            daemon._stop_signal = signal.SIGTERM
-            daemon._wake.set()
+            daemon.handle_exit(signal.SIGTERM, None)
             runner.join(10)
         assert codes == [0]
 
@@ -179,9 +177,7 @@ def test_expiry_follows_the_monotonic_clock_whatever_the_wall_clock_says(
         refresher = Refresher(
             config, client, None, log, rng=Random(1), environ=environ, wall=jumpable_wall.time
         )
-        daemon = Daemon(
-            config, refresher, Notifier.from_environ({}, os.getpid()), log, wall=jumpable_wall.time
-        )
+        daemon = Daemon(config, refresher, Notifier.from_environ({}, os.getpid()), log)
         try:
             assert refresher.attempt().ok
         finally:

@@ -7,9 +7,12 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from random import Random
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -266,45 +269,93 @@ def test_notify_sequence_and_watchdog_cadence(
     assert rest[-1].startswith("STOPPING=1")
 
 
-@pytest.mark.slow
-def test_a_stuck_loop_fails_healthz_and_stops_the_watchdog(
-    tmp_path: Path, fake_api: FakeApi, sidecars: Start, notify_socket: tuple[socket.socket, str]
-) -> None:
-    """The key file becomes a FIFO nobody writes: the attempt blocks reading it for ever."""
-    sock, path = notify_socket
-    key_file = tmp_path / "key"
-    key_file.write_text("a-key-for-this-test")
-    config = write_config(
-        tmp_path,
-        fake_api.url,
-        api={"key_file": str(key_file), "timeout_seconds": 0.5},
-        server={"listen": "127.0.0.1:0"},
-    )
-    env = base_env(NOTIFY_SOCKET=path, WATCHDOG_USEC="1000000")
-    sidecar, url = start_listening(sidecars, config, env)
-    sidecar.wait_event("token_refreshed")
-    assert get(url + "/healthz").status_code == 200
-    fifo = tmp_path / "key.fifo"
-    os.mkfifo(fifo)
-    fifo.replace(key_file)
-    sidecar.signal(signal.SIGHUP)
-    # The attempt may take twice the timeout; 10 s beyond that the loop counts as stuck.
-    wait_until(lambda: get(url + "/healthz").status_code == 503, timeout=20, interval=0.5)
-    assert "stuck" in get(url + "/healthz").json()["status"]
-    assert get(url + "/readyz").status_code == 200  # the token itself is still fine
-    sock.settimeout(0.1)
-    while True:  # drain what was sent before the loop counted as stuck
+class HeldAttempts:
+    """The refresher's attempts, each held until the test lets it go: a stuck loop.
+
+    Nothing outside the process can hold an attempt any more (a key read never blocks,
+    every exchange ends within twice the timeout), so the stuck attempt is made here.
+    """
+
+    def __init__(self, attempt: Callable[[], Any]) -> None:
+        self.attempt = attempt
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self) -> Any:
+        self.started.set()
+        self.release.wait(30)
+        return self.attempt()
+
+
+class ShiftedClock:
+    """The real monotonic clock plus an offset the test moves forward."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+
+def watchdog_pings(sock: socket.socket, seconds: float) -> int:
+    deadline = time.monotonic() + seconds
+    pings = 0
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
         try:
-            sock.recv(4096)
+            pings += sock.recv(4096) == b"WATCHDOG=1"
         except TimeoutError:
             break
-    sock.settimeout(2)
-    with pytest.raises(TimeoutError):
-        while True:
-            if sock.recv(4096) == b"WATCHDOG=1":
-                break
-    sidecar.signal(signal.SIGTERM)
-    assert sidecar.wait(5) == 0
+    return pings
+
+
+def test_a_stuck_loop_fails_healthz_and_stops_the_watchdog(
+    tmp_path: Path, fake_api: FakeApi, notify_socket: tuple[socket.socket, str]
+) -> None:
+    """An attempt held past twice the timeout + 10 s: /healthz says stuck, the pings stop."""
+    from sidecar import config as config_module
+    from sidecar import logs
+    from sidecar.api import ApiClient
+    from sidecar.daemon import Daemon
+    from sidecar.notify import Notifier
+    from sidecar.refresher import Refresher
+
+    sock, path = notify_socket
+    environ = base_env()
+    config = config_module.load(write_config(tmp_path, fake_api.url), environ, {})
+    client = ApiClient(config.api)
+    log = logs.get()
+    clock = ShiftedClock()
+    refresher = Refresher(config, client, None, log, rng=Random(3), environ=environ)
+    assert refresher.attempt().ok
+    held = HeldAttempts(refresher.attempt)
+    refresher.attempt = held  # type: ignore[method-assign]
+    notifier = Notifier(path, watchdog=0.1)
+    daemon = Daemon(config, refresher, notifier, log, monotonic=clock)
+    codes: list[int] = []
+    runner = threading.Thread(target=lambda: codes.append(daemon.run(clock())))
+    try:
+        runner.start()
+        assert held.started.wait(5)
+        assert daemon.health()[0]
+        assert watchdog_pings(sock, 0.5) >= 2, "pinging while the attempt is young"
+        clock.offset += 2 * config.api.timeout_seconds + 10 + 1
+        healthy, detail = daemon.health()
+        assert not healthy
+        assert detail["status"] == "stuck"
+        assert "attempt running for" in detail["reason"]
+        assert daemon.readiness()[0], "the token itself is still fine"
+        watchdog_pings(sock, 0.2)  # drain what was sent before the jump
+        assert watchdog_pings(sock, 1.0) == 0, "no pings while stuck: systemd restarts us"
+        held.release.set()
+        wait_until(lambda: daemon.health()[0], timeout=5)
+        assert watchdog_pings(sock, 0.5) >= 2, "pinging again once the attempt ended"
+    finally:
+        held.release.set()
+        daemon.handle_exit(signal.SIGTERM, None)
+        runner.join(10)
+        client.close()
+    assert codes == [0]
 
 
 def test_an_unreadable_key_is_a_credential_failure_with_its_own_reason(

@@ -190,3 +190,19 @@ def test_an_attempt_that_raises_asks_on_crash_how_to_go_on(
     wait_for(lambda: len(calls) == 2)
     assert [str(c) for c in crashes] == ["boom"]
     assert schedule.alive()
+
+
+def test_each_attempt_is_told_how_many_requests_it_serves(
+    schedules: Callable[..., Schedule],
+) -> None:
+    attempts = Attempts([60.0] * 5)
+    served: list[int] = []
+    schedule = schedules(attempts, on_forced=served.append)
+    schedule.start(time.monotonic() + 60)
+    schedule.run_soon()
+    wait_for(lambda: len(attempts.at) == 1)
+    for _ in range(10):
+        schedule.run_soon()
+        time.sleep(0.02)
+    wait_for(lambda: len(attempts.at) == 2, timeout=3)
+    assert served == [1, 10]
