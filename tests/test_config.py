@@ -302,3 +302,65 @@ def test_first_from_fraction_has_its_variable_and_stays_at_most_at_fraction() ->
     assert raised.value.problems == [
         f"refresh.first_from_fraction: must be ≤ refresh.at_fraction (0.8) (from {variable})"
     ]
+
+
+def test_every_field_of_every_section_declares_its_kind() -> None:
+    """No key can skip conversion: each field has a Setting (or is derived, and no key)."""
+    import dataclasses
+
+    from sidecar.config import SCHEMA, SECTIONS
+    from sidecar.config_fields import DERIVED, Setting
+
+    assert list(SCHEMA) == list(SECTIONS)
+    for name, spec in SCHEMA.items():
+        for each in dataclasses.fields(spec.cls):
+            if each.metadata.get(DERIVED):
+                assert each.name not in spec.settings, (name, each.name)
+                assert (name, each.name) not in keys()
+            else:
+                assert isinstance(spec.settings[each.name], Setting), (name, each.name)
+                assert (name, each.name) in keys()
+    assert [(name, key) for name, spec in SCHEMA.items() for key in spec.settings] == keys()
+
+
+def test_a_field_without_a_kind_is_refused_at_import() -> None:
+    import dataclasses
+
+    from sidecar.config import section
+    from sidecar.config_fields import flag
+
+    @dataclasses.dataclass(frozen=True)
+    class Declared:
+        on: bool = dataclasses.field(default=False, metadata=flag())
+
+    @dataclasses.dataclass(frozen=True)
+    class Undeclared:
+        on: bool = dataclasses.field(default=False, metadata=flag())
+        forgotten: int = 3
+
+    assert list(section(Declared).settings) == ["on"]
+    with pytest.raises(TypeError, match=r"Undeclared\.forgotten declares no kind"):
+        section(Undeclared)
+    with pytest.raises(TypeError, match="has no field typo"):
+        section(Declared, {"typo": flag()})
+
+
+def test_every_default_reads_back_as_itself_from_file_and_environment(tmp_path: Path) -> None:
+    """What check-config shows for a default is a value the same key accepts, both ways."""
+    import yaml
+
+    from sidecar.config import SCHEMA
+
+    defaults = effective(load(None, KEY_ENV))
+    document = {
+        s: {k: v for k, v in entries.items() if v is not None} for s, entries in defaults.items()
+    }
+    path = yaml_file(tmp_path, yaml.safe_dump(document))
+    assert effective(load(path, KEY_ENV)) == defaults
+    environ = {
+        env_name(s, k): str(v).lower() if isinstance(v, bool) else str(v)
+        for s, entries in document.items()
+        for k, v in entries.items()
+    }
+    assert effective(load(None, {**KEY_ENV, **environ})) == defaults
+    assert set(SCHEMA) == set(defaults)
