@@ -270,7 +270,7 @@ def test_a_re_read_that_finds_a_bad_key_raises_what_the_refresher_expects(
 
 
 def test_a_re_read_through_the_refresher_is_key_unavailable(tmp_path: Path) -> None:
-    from sidecar.errors import CredentialError
+    from sidecar.error_codes import Lane
     from sidecar.refresher import Refresher
 
     path = tmp_path / "key"
@@ -278,12 +278,15 @@ def test_a_re_read_through_the_refresher_is_key_unavailable(tmp_path: Path) -> N
     env = {**key_file_env(path), "FORESTREET_SIDECAR_TOKEN_PATH": str(tmp_path / "t" / "token")}
     config = load(None, env)
     # No client: the attempt must end at the key, before any request.
-    refresher = Refresher(config, None, None, None, rng=Random(0), environ=env)  # type: ignore[arg-type]
+    no_client: Any = None
+    refresher = Refresher(config, no_client, None, None, rng=Random(0), environ=env, observers=[])
     path.write_text(f"\u201c{KEY}\u201d")
-    with pytest.raises(CredentialError) as caught:
-        refresher._fetch()
-    assert caught.value.reason == "key_unavailable"
-    assert str(caught.value) == (
+    outcome = refresher.attempt()
+    assert not outcome.ok
+    assert outcome.lane is Lane.CREDENTIAL
+    assert outcome.error is not None
+    assert outcome.error.reason == "key_unavailable"
+    assert str(outcome.error) == (
         f"cannot read the API key from file {path}: "
         "it holds a character an HTTP header cannot carry at position 1"
     )

@@ -220,6 +220,8 @@ def test_notify_sequence_and_watchdog_cadence(
     sidecar = sidecars(["--config", str(config), "run"], env)
     messages = [receive(sock)]
     assert messages[0][1].startswith("READY=1")
+    # The first attempt reaches the observers too: its STATUS= says when the next comes.
+    assert "; next refresh in " in messages[0][1]
     assert token.exists()  # READY only once the token is on disk
     sidecar.signal(signal.SIGTERM)
     assert sidecar.wait() == 0
