@@ -85,8 +85,17 @@ def exercise(
     """Token written → ``breaker`` breaks the disk → write_error, token intact → fixed → new token."""
     out = out or tmp_path / "out"
     token = out / "token"
-    with FakeApi(lifetime=3600) as api:
-        config = write_config(tmp_path, api.url, server={"listen": "127.0.0.1:0"}, backoff=BACKOFF)
+    # SPEC's "patient while valid" waits r/4..r/2 after any failure while the token stays
+    # valid for r: the quick retries under test come once the 2 s token has expired, and
+    # min_interval keeps the schedule out of the way (only the SIGHUP starts attempts).
+    with FakeApi(lifetime=2.0) as api:
+        config = write_config(
+            tmp_path,
+            api.url,
+            server={"listen": "127.0.0.1:0"},
+            backoff=BACKOFF,
+            refresh={"min_interval_seconds": 60},
+        )
         sidecar = start_with(["--config", str(config), "run"], base_env(), preexec)
         launched.append(sidecar)
         sidecar.wait_event("token_refreshed", timeout=15)
@@ -94,6 +103,7 @@ def exercise(
         wait_until(lambda: get(url + "/healthz").json().get("status") == "ok")
         before = TokenState.of(token)
         assert before.data.decode() == api.issued[-1]
+        wait_until(lambda: get(url + "/readyz").status_code == 503, timeout=5)  # expired
         with breaker(out):
             if after_break is not None:
                 after_break(sidecar)
