@@ -247,7 +247,10 @@ def test_every_fault_gets_its_lane_reason_and_delay_and_never_touches_the_token(
         wait_for_expiry(url)
 
         faults = _transport_faults(other) + _error_code_faults()
-        api.script(*(fault.answer for fault in faults))
+        # Then one more failure whose Retry-After parks the loop for an hour, so nothing
+        # succeeds behind the checks below; the success after them is forced by SIGHUP.
+        park = Answer(error_code="SERVICE_UNAVAILABLE", retry_after="3600")
+        api.script(*(fault.answer for fault in faults), park)
         sidecar.signal(signal.SIGHUP)
         wrong = []
         for index, fault in enumerate(faults, start=1):
@@ -269,6 +272,9 @@ def test_every_fault_gets_its_lane_reason_and_delay_and_never_touches_the_token(
                 assert event["level"] == "error"
                 assert event["hint"]
         assert wrong == []
+        parked = sidecar.wait_event("refresh_failed", timeout=10)
+        assert parked["reason"] == "SERVICE_UNAVAILABLE"
+        assert parked["retry_in"] == 3600
         counted = failure_counts(url)
         assert TokenState.of(token) == before  # expired, still on disk, untouched
         assert get(url + "/healthz").status_code == 200
@@ -283,6 +289,7 @@ def test_every_fault_gets_its_lane_reason_and_delay_and_never_touches_the_token(
                 omit_fields=("expiresAt", "message"),
             )
         )
+        sidecar.signal(signal.SIGHUP)
         sidecar.wait_event("token_refreshed", timeout=10)
         assert token.read_text() == api.issued[-1]
         assert token.stat().st_ino != before.inode
@@ -291,8 +298,9 @@ def test_every_fault_gets_its_lane_reason_and_delay_and_never_touches_the_token(
         assert other.requests == []  # the key never left for the redirect target
 
     expected = Counter(fault.reason for fault in faults)
+    expected["SERVICE_UNAVAILABLE"] += 1  # the parking failure
     assert {reason: counted.get(reason) for reason in expected} == dict(expected)
-    assert sum(counted.values()) == len(faults)
+    assert sum(counted.values()) == len(faults) + 1
 
 
 def test_retry_after_seconds_and_http_dates_are_lower_bounds_and_capped_at_an_hour(
