@@ -240,3 +240,20 @@ def test_docs_set_only_values_the_chart_has() -> None:
     used = set(re.findall(r"--set(?:-string|-file)? ([A-Za-z][\w.]*)=", DEPLOY_DOC.read_text()))
     assert used, "the README shows no helm --set"
     assert used <= known, sorted(used - known)
+
+
+def test_the_chart_schema_takes_every_scalar_config_key_the_daemon_knows() -> None:
+    """sidecar.config's schema is closed: a key the daemon has but the schema lacks cannot be
+    set from the chart at all (refresh.first_from_fraction was missing once)."""
+    import json
+
+    from sidecar.config import keys
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    sections = schema["properties"]["sidecar"]["properties"]["config"]["properties"]
+    missing = [
+        f"{section}.{key}"
+        for section, key in keys()
+        if key not in sections.get(section, {}).get("properties", {})
+    ]
+    assert missing == []
