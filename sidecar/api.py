@@ -9,6 +9,7 @@ key or anything the server chose to send.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import http.client
@@ -33,6 +34,7 @@ from urllib3.util.response import assert_header_parsing
 
 from sidecar import __version__
 from sidecar.config import ApiConfig, Secret
+from sidecar.config_files import InputError
 from sidecar.errors import (
     CredentialError,
     EndpointError,
@@ -40,6 +42,8 @@ from sidecar.errors import (
     RefreshError,
     TransientError,
 )
+from sidecar.key import read_proxy_credential
+from sidecar.logs import REDACTOR
 from sidecar.policy import Lane, classify, parse_retry_after
 from sidecar.session import Session, decode, validate
 
@@ -50,6 +54,13 @@ CREDENTIAL_HINT = "check the API key (api.key_file / api.key_env) and that it is
 REQUEST_HINT = "check api.base_url: the auth endpoint refused the request itself"
 KEY_HINT = "put the key alone in the file or variable: 1-4096 visible ASCII characters"
 TLS_HINT = "set api.ca_bundle to the CA that signed the server certificate"
+PROXY_AUTH_HINT = "put the proxy's user:password alone in api.proxy_auth_file"
+PROXY_407_HINT = (
+    "the proxy wants a login: set api.proxy_auth_file to a file holding its user:password, "
+    "or check the one in it"
+)
+PROXY_REFUSED_HINT = "ask the proxy's operator to allow CONNECT to the API's host and port"
+PROXY_HINT = "check api.proxy_url and that the proxy is up"
 SHORTAGE_HINT = (
     "this host is short of a resource, not a problem of the API or its credentials: "
     "check the process limits (LimitNOFILE=, ulimit -n, memory) and what holds them"
@@ -94,9 +105,19 @@ class ApiClient:
         self._monotonic = monotonic
         self._wall = wall
         self._http = _Session()
-        adapter = _DeadlineAdapter()
+        self._adapter = adapter = _DeadlineAdapter()
         self._http.mount("http://", adapter)
         self._http.mount("https://", adapter)
+        # An explicit proxy only (trust_env is off below): https:// goes through it in a
+        # CONNECT tunnel, TLS end to end, so the proxy sees the host and port and no more.
+        self._proxy = config.proxy_url
+        self._proxy_auth_file = config.proxy_auth_file
+        self._proxy_label = urlsplit(config.proxy_url).netloc if config.proxy_url else ""
+        # http:// through a proxy is forwarded (config allows it only with allow_insecure_http).
+        self._deadline = Deadline(2 * self._timeout)  # the last exchange's (for _late)
+        self._forwarding = bool(config.proxy_url) and urlsplit(config.base_url).scheme == "http"
+        if config.proxy_url:
+            self._http.proxies = {"http": config.proxy_url, "https": config.proxy_url}
         self._http.verify = str(config.ca_bundle) if config.ca_bundle else True
         # .netrc would let requests add an Authorization header the operator never chose.
         self._http.trust_env = False
@@ -120,9 +141,11 @@ class ApiClient:
             raise CredentialError(
                 "key_unavailable", f"the API key {problem}; it was not sent", hint=KEY_HINT
             )
+        if self._proxy is not None:
+            self._adapter.set_proxy_authorization(self._proxy_authorization())
         sent_monotonic = self._monotonic()
         sent_wall = self._wall()
-        deadline = Deadline(2 * self._timeout)
+        deadline = self._deadline = Deadline(2 * self._timeout)
         try:
             with deadline:
                 response = self._http.get(
@@ -143,10 +166,21 @@ class ApiClient:
         ) as exc:
             if deadline.expired:
                 raise self._late() from exc
+            if self._proxy is not None:
+                at_proxy = self._at_proxy(exc)
+                if at_proxy is not None:
+                    raise at_proxy from exc
             raise translate(exc, self._host, self._timeout) from exc
         if not in_time:
             raise self._late()
         status, headers = response.status_code, response.headers
+        if self._forwarding and status == http.HTTPStatus.PROXY_AUTHENTICATION_REQUIRED:
+            raise TransientError(
+                "connection_error",
+                f"proxy {self._proxy_label} refused the request: 407 Proxy Authentication Required",
+                hint=PROXY_407_HINT,
+                status=status,
+            )
         body = self._decoded(raw, headers.get("Content-Encoding"), status)
         session = interpret(
             status,
@@ -173,7 +207,71 @@ class ApiClient:
                 raise
             return b""  # the status still says what happened
 
+    def _proxy_authorization(self) -> str | None:
+        """The Proxy-Authorization value from api.proxy_auth_file, read afresh; None without one.
+
+        An unusable file is a counted ``connection_error`` (see the README): no tunnel can be
+        opened without it, and the API key, whose reason ``key_unavailable`` is, is fine.
+        """
+        path = self._proxy_auth_file
+        if path is None:
+            return None
+        try:
+            credential = read_proxy_credential(path)
+        except (OSError, ValueError) as exc:
+            short = shortage(exc)
+            detail = (
+                short
+                if short is not None
+                else exc.strerror or type(exc).__name__
+                if isinstance(exc, OSError)
+                else exc.problem
+                if isinstance(exc, InputError)
+                else "the path holds a NUL byte"
+            )
+            raise TransientError(
+                "connection_error",
+                f"cannot use proxy {self._proxy_label}: cannot read the proxy credential "
+                f"api.proxy_auth_file {path}: {detail}",
+                hint=SHORTAGE_HINT if short is not None else PROXY_AUTH_HINT,
+            ) from None
+        encoded = base64.b64encode(credential.value.encode("ascii")).decode("ascii")
+        password = credential.value.partition(":")[2]
+        for secret in (credential.value, password, encoded):
+            REDACTOR.add(secret)
+        return f"Basic {encoded}"
+
+    def _at_proxy(self, exc: BaseException) -> TransientError | None:
+        """The failure in the proxy's name when it happened there (connecting or CONNECT)."""
+        chain = list(causes(exc))
+        for cause in chain:
+            if isinstance(cause, TunnelError):
+                return TransientError(
+                    cause.reason, f"proxy {self._proxy_label} {cause.words}", hint=cause.hint
+                )
+        # Every connection goes to the proxy: failing to open one is the proxy's failure.
+        if any(
+            isinstance(
+                cause,
+                urllib3.exceptions.ProxyError
+                | urllib3.exceptions.NewConnectionError
+                | urllib3.exceptions.ConnectTimeoutError,
+            )
+            for cause in chain
+        ):
+            error = translate(exc, f"proxy {self._proxy_label}", self._timeout)
+            return TransientError(error.reason, str(error), hint=error.hint or PROXY_HINT)
+        return None
+
     def _late(self) -> TransientError:
+        if self._deadline.at_proxy:
+            return TransientError(
+                "timeout",
+                f"proxy {self._proxy_label} did not finish answering the CONNECT to "
+                f"{self._host}: timed out after {2 * self._timeout:g} s "
+                "(the whole exchange may take twice api.timeout_seconds)",
+                hint=PROXY_HINT,
+            )
         return TransientError(
             "timeout",
             f"{self._host} did not finish answering: timed out after {2 * self._timeout:g} s "
@@ -209,6 +307,7 @@ class Deadline:
         self._finished = False
         self._timer = threading.Timer(seconds, self._expire)
         self._timer.daemon = True
+        self.at_proxy = False  # inside a CONNECT exchange with the proxy
 
     @property
     def expired(self) -> bool:
@@ -296,8 +395,79 @@ class BadHeadError(http.client.HTTPException):
         super().__init__(words)
 
 
+class TunnelError(OSError):
+    """The proxy did not open the CONNECT tunnel; ``words`` say why, after its name."""
+
+    def __init__(self, reason: str, words: str, hint: str = PROXY_HINT) -> None:
+        self.reason = reason
+        self.words = words
+        self.hint = hint
+        super().__init__(words)
+
+
+_TUNNEL_STATUS = re.compile(r"Tunnel connection failed: ([0-9]{3})\b")
+
+
+def _tunnel_failure(  # noqa: PLR0911 - a table of failures
+    exc: BaseException, timeout: float | None
+) -> TunnelError:
+    """A failed CONNECT in words: the status and its standard phrase, never the proxy's text."""
+    status = _TUNNEL_STATUS.match(str(exc)) if type(exc) is OSError else None
+    if status is not None:
+        code = int(status.group(1))
+        try:
+            phrase = f"{code} {http.HTTPStatus(code).phrase}"
+        except ValueError:
+            phrase = f"status {code}"
+        hints = {401: PROXY_407_HINT, 407: PROXY_407_HINT, 403: PROXY_REFUSED_HINT}
+        hint = hints.get(code, PROXY_HINT)
+        return TunnelError("connection_error", f"refused the tunnel: {phrase}", hint)
+    if isinstance(exc, TimeoutError):
+        seconds = f" after {timeout:g} s" if timeout else ""
+        return TunnelError("timeout", f"did not answer the CONNECT: timed out{seconds}")
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return TunnelError(
+            "connection_error", "closed the connection without answering the CONNECT"
+        )
+    if isinstance(exc, http.client.LineTooLong):
+        return TunnelError(
+            "connection_error", "answered the CONNECT with a line longer than 64 KiB"
+        )
+    if isinstance(exc, http.client.HTTPException):
+        return TunnelError("connection_error", "did not answer the CONNECT in HTTP")
+    if isinstance(exc, OSError) and exc.errno in _ERRNO_WORDS:
+        return TunnelError(
+            "connection_error", f"failed during the CONNECT: {_ERRNO_WORDS[exc.errno]}"
+        )
+    return TunnelError("connection_error", f"failed during the CONNECT: {_name(exc)}")
+
+
+def _tunnel(connection: Any, tunnel: Callable[[], None]) -> None:
+    """http.client's CONNECT exchange, its failure named as the proxy's, under the deadline."""
+    deadline = _CURRENT.get()
+    if deadline is not None:
+        deadline.at_proxy = True
+    try:
+        tunnel()
+    except (OSError, http.client.HTTPException) as exc:
+        if shortage(exc) is not None:
+            raise
+        raise _tunnel_failure(exc, connection.timeout) from exc
+    # A deadline that cut the CONNECT's headers leaves an EOF that reads as their end.
+    if deadline is not None and not deadline.expired:
+        deadline.at_proxy = False
+
+
 class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
     response_class = _CheckedResponse
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _watch(sock)  # from the start: the CONNECT exchange is under the deadline too
+        return sock
+
+    def _tunnel(self) -> None:
+        _tunnel(self, super()._tunnel)
 
     def connect(self) -> None:
         super().connect()
@@ -310,6 +480,14 @@ class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
 
 class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
     response_class = _CheckedResponse
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _watch(sock)
+        return sock
+
+    def _tunnel(self) -> None:
+        _tunnel(self, super()._tunnel)
 
     def connect(self) -> None:
         super().connect()
@@ -339,12 +517,41 @@ class _Session(requests.Session):
         return None
 
 
+_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
 class _DeadlineAdapter(requests.adapters.HTTPAdapter):
-    """requests' adapter with connections the exchange deadline can cut."""
+    """requests' adapter with connections the exchange deadline can cut, direct or proxied.
+
+    The proxy's ``Proxy-Authorization`` is what ``set_proxy_authorization`` last gave (the
+    credential file, read before each request); urllib3 sends it on the CONNECT only.
+    """
+
+    _proxy_authorization: str | None = None
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+        self.poolmanager.pool_classes_by_scheme = dict(_POOLS)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> urllib3.ProxyManager:
+        manager: urllib3.ProxyManager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = dict(_POOLS)
+        return manager
+
+    def proxy_headers(self, proxy: str) -> dict[str, str]:
+        # Never from userinfo in the URL (the configuration refuses one).
+        if self._proxy_authorization is None:
+            return {}
+        return {"Proxy-Authorization": self._proxy_authorization}
+
+    def set_proxy_authorization(self, value: str | None) -> None:
+        """A changed credential: tunnels opened with the old one are dropped."""
+        if value == self._proxy_authorization:
+            return
+        self._proxy_authorization = value
+        for manager in self.proxy_manager.values():
+            manager.clear()
+        self.proxy_manager.clear()
 
 
 # -- the body ----------------------------------------------------------------------------

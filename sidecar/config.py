@@ -26,7 +26,7 @@ from sidecar.config_files import ca_bundle_problem, output_path_problem, read_en
 from sidecar.errors import ConfigError
 from sidecar.key import KeySource as KeySource  # noqa: PLC0414
 from sidecar.key import Secret as Secret  # noqa: PLC0414
-from sidecar.key import find_key
+from sidecar.key import find_key, proxy_credential_problem
 from sidecar.policy import BackoffPolicy, RefreshPolicy
 
 CONFIG_ENV = "FORESTREET_SIDECAR_CONFIG"
@@ -62,10 +62,32 @@ class ApiConfig:
     timeout_seconds: float = field(default=10.0, metadata=kinds.seconds(positive=True))
     ca_bundle: Path | None = field(default=None, metadata=kinds.optional_path(ca_bundle_problem))
     allow_insecure_http: bool = field(default=False, metadata=kinds.flag())
+    # An explicit HTTP proxy: https:// goes through it with CONNECT (sidecar.api).
+    proxy_url: str | None = field(default=None, metadata=kinds.proxy_url())
+    # user:password for the proxy, read like the key (sidecar.key.read_proxy_credential).
+    proxy_auth_file: Path | None = field(
+        default=None, metadata=kinds.optional_path(proxy_credential_problem)
+    )
 
     @property
     def session_url(self) -> str:
         return self.base_url.rstrip("/") + "/v2/auth/session"
+
+
+def _proxy_sees_no_key(api: Values) -> None:
+    """Through a proxy, http:// would hand it the key; a credential needs a proxy to go to."""
+    if api["proxy_url"] is None:
+        if api["proxy_auth_file"] is not None:
+            api.reject("proxy_auth_file", "is set but api.proxy_url is not")
+        return
+    if urlsplit(api["base_url"]).scheme == "http" and not api["allow_insecure_http"]:
+        api.reject(
+            "proxy_url",
+            "with an http:// api.base_url the proxy would read the API key in clear text; "
+            "use https:// (tunnelled with CONNECT: the proxy sees only host and port), "
+            "or set api.allow_insecure_http: true if the proxy may see the key",
+            also=("base_url",),
+        )
 
 
 def _http_only_to_loopback(api: Values) -> None:
@@ -216,7 +238,7 @@ def section(
 
 
 SCHEMA: dict[str, Section] = {
-    "api": section(ApiConfig, checks=(_http_only_to_loopback,)),
+    "api": section(ApiConfig, checks=(_http_only_to_loopback, _proxy_sees_no_key)),
     "token": section(TokenConfig, checks=(_session_path_of_its_own, _group_gid)),
     "refresh": section(
         RefreshPolicy,

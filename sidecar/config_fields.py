@@ -271,6 +271,56 @@ def url() -> Kind:
     return kind_of(Setting(convert))
 
 
+def proxy_url() -> Kind:
+    """``http://host:port`` of an HTTP proxy, or empty for none; never quoted in a message
+    (a URL with a password in it must not end up in a log)."""
+
+    def convert(value: object) -> str | None:
+        result = _text(value, empty=True)
+        if not result:
+            return None
+        problem = _proxy_url_problem(result)
+        if problem:
+            raise InvalidValueError(problem)
+        return result
+
+    return kind_of(Setting(convert))
+
+
+def _proxy_url_problem(address: str) -> str | None:  # noqa: PLR0911 - one per rule
+    shape = "must be http://host:port"
+    port_message = f"{shape} with a port 1-65535, like http://proxy.internal:3128"
+    try:
+        parts = urlsplit(address)
+        hostname = parts.hostname
+    except ValueError:
+        return f"{shape} (it is not a valid URL)"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if "@" in parts.netloc:
+        return f"{shape} without user or password: put user:password in api.proxy_auth_file"
+    if any(c.isspace() or not c.isprintable() for c in address):
+        return f"{shape} (it holds spaces or control characters)"
+    if parts.scheme == "https":
+        return (
+            f"{shape}: an https:// proxy is not supported (the API's TLS runs end to end "
+            "through the proxy's CONNECT tunnel anyway); a proxy password goes in "
+            "api.proxy_auth_file"
+        )
+    if parts.scheme != "http":
+        return shape
+    if not hostname:
+        return f"{shape} (it names no host)"
+    port_text = parts.netloc.rpartition(":")[2]
+    if port is None or not DIGITS.fullmatch(port_text) or not 1 <= port <= 65535:
+        return port_message
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return f"{shape} (no path, query or fragment)"
+    return None
+
+
 # --- what the kinds share ----------------------------------------------------------------
 
 

@@ -55,6 +55,37 @@ def clean_key(text: str) -> str:
     return text
 
 
+PROXY_CREDENTIAL_SHAPE = "one line user:password"
+
+
+def read_proxy_credential(path: Path) -> Secret:
+    """``user:password`` from api.proxy_auth_file, by the key file's rules (a regular file of
+    at most 8 KiB, whitespace and a BOM stripped, 1-4096 visible ASCII characters) and with a
+    user before the first colon. OSError and InputError as ``KeySource.read``; never the text.
+    """
+    data = read_small_file(path, KEY_READ_LIMIT)
+    text = clean_key(data.decode("utf-8", "surrogateescape"))
+    user, colon, _password = text.partition(":")
+    if not colon:
+        raise InputError(f"holds no colon: it must be {PROXY_CREDENTIAL_SHAPE}")
+    if not user:
+        raise InputError(f"has no user before the colon: it must be {PROXY_CREDENTIAL_SHAPE}")
+    return Secret(text)
+
+
+def proxy_credential_problem(path: Path) -> str | None:
+    """Why api.proxy_auth_file cannot be used now, naming the file, never its content."""
+    try:
+        read_proxy_credential(path)
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or type(exc).__name__}"
+    except InputError as exc:
+        return f"{path} {exc.problem}"
+    except ValueError:
+        return "the path holds a NUL byte"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class KeySource:
     """Where the API key is read from, fresh before every request."""
