@@ -61,6 +61,7 @@ PROXY_407_HINT = (
 )
 PROXY_REFUSED_HINT = "ask the proxy's operator to allow CONNECT to the API's host and port"
 PROXY_HINT = "check api.proxy_url and that the proxy is up"
+PROXY_UPSTREAM_HINT = "the proxy could not connect to the API itself: check its route to the API"
 SHORTAGE_HINT = (
     "this host is short of a resource, not a problem of the API or its credentials: "
     "check the process limits (LimitNOFILE=, ulimit -n, memory) and what holds them"
@@ -420,7 +421,7 @@ def _tunnel_failure(  # noqa: PLR0911 - a table of failures
         except ValueError:
             phrase = f"status {code}"
         hints = {401: PROXY_407_HINT, 407: PROXY_407_HINT, 403: PROXY_REFUSED_HINT}
-        hint = hints.get(code, PROXY_HINT)
+        hint = hints.get(code, PROXY_UPSTREAM_HINT if 500 <= code <= 599 else PROXY_HINT)
         return TunnelError("connection_error", f"refused the tunnel: {phrase}", hint)
     if isinstance(exc, TimeoutError):
         seconds = f" after {timeout:g} s" if timeout else ""

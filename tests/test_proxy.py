@@ -293,6 +293,69 @@ def test_a_proxy_that_is_down_is_a_connection_error_naming_it(
     assert api.requests == []
 
 
+def test_a_proxy_that_cannot_reach_the_api_is_a_connection_error_naming_it(
+    tinyproxy: Callable[..., Proxy],
+) -> None:
+    closed = free_port()
+    proxy = tinyproxy(closed)
+    client = ApiClient(
+        ApiConfig(base_url=f"https://127.0.0.1:{closed}", timeout_seconds=2, proxy_url=proxy.url)
+    )
+    error = fetch_failure(client)
+    assert error.reason == "connection_error"
+    # tinyproxy says 500 where others say 502 or 503.
+    assert str(error).startswith(f"proxy {proxy.label} refused the tunnel: 5")
+    assert "could not connect to the API" in error.hint
+
+
+@pytest.fixture
+def raw_proxy() -> Iterator[Callable[[bytes], int]]:
+    """A listener that reads the CONNECT, sends ``reply`` (maybe nothing), and hangs up."""
+    servers: list[socket.socket] = []
+
+    def start(reply: bytes) -> int:
+        server = socket.create_server(("127.0.0.1", 0))
+        servers.append(server)
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(reply)
+
+        threading.Thread(target=serve, daemon=True).start()
+        return int(server.getsockname()[1])
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    ("reply", "words"),
+    [
+        (b"", "closed the connection without answering the CONNECT"),
+        (b"HTTP/1.1 502 sekrit words\r\n\r\n", "refused the tunnel: 502 Bad Gateway"),
+        (b"HTTP/1.1 407 Nope\r\n\r\n", "refused the tunnel: 407 Proxy Authentication Required"),
+        (b"SSH-2.0-OpenSSH\r\n", "did not answer the CONNECT in HTTP"),
+    ],
+    ids=["closes", "502", "407", "not-http"],
+)
+def test_a_failed_connect_is_a_connection_error_in_plain_words(
+    tls_api: tuple[FakeApi, Path], raw_proxy: Callable[[bytes], int], reply: bytes, words: str
+) -> None:
+    api, bundle = tls_api
+    port = raw_proxy(reply)
+    error = fetch_failure(client_for(api, bundle, f"http://127.0.0.1:{port}"))
+    assert error.reason == "connection_error"
+    assert str(error) == f"proxy 127.0.0.1:{port} {words}"  # never the proxy's own text
+    assert api.requests == []
+
+
 # --- a proxy that stalls: a raw socket server ---------------------------------------------
 
 
