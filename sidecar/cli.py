@@ -21,7 +21,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_CONFIG = 78
-COMMANDS = ("run", "once", "check-config", "fake-api")
+COMMANDS = ("run", "once", "status", "check-config", "fake-api")
 
 
 def entry() -> None:
@@ -115,6 +115,17 @@ def _parser(*, with_fake_api: bool) -> argparse.ArgumentParser:
         default=60.0,
         help="retry retryable failures until this many seconds have passed (default 60)",
     )
+    once.add_argument(
+        "--min-validity",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="exit 0 without a request when the token on disk is still valid this long",
+    )
+    status = commands.add_parser(
+        "status", parents=[common], help="ask the running sidecar how its token is doing"
+    )
+    status.add_argument("--json", action="store_true", help="print one JSON object")
     commands.add_parser(
         "check-config", parents=[common], help="validate and print the effective configuration"
     )
@@ -126,6 +137,17 @@ def _parser(*, with_fake_api: bool) -> argparse.ArgumentParser:
     return parser
 
 
+def _seconds(text: str) -> float:
+    """A command-line number of seconds: finite and ≥ 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= 10**7:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 10^7 seconds: {text!r}")
+    return value
+
+
 def _dispatch(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from sidecar import config as config_module
 
@@ -134,9 +156,13 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         overrides["log.level"] = args.log_level
     if args.log_format:
         overrides["log.format"] = args.log_format
-    config = config_module.load(args.config, environ, overrides)
+    # status only asks the running sidecar: it needs server.listen, not the API key.
+    need_key = args.command != "status"
+    config = config_module.load(args.config, environ, overrides, need_key=need_key)
     if args.command == "check-config":
         return _check_config(config, environ)
+    if args.command == "status":
+        return _status(config, as_json=args.json)
 
     from sidecar import logs, outputs
 
@@ -144,12 +170,12 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     log = logs.get()
     for warning in config.warnings:
         log.warning("config_warning", message=warning)
-    for output in outputs.from_config(config.token):
+    for output in outputs.from_config(config):
         output.check_writable()
         for temp in output.sweep():
             log.info("stale_temp_removed", path=str(temp))
     if args.command == "once":
-        return _once(config, environ, log, args.timeout)
+        return _once(config, environ, log, args.timeout, args.min_validity)
     return _run(config, environ, log)
 
 
@@ -172,6 +198,17 @@ def _check_config(config: Any, environ: Mapping[str, str]) -> int:
     return EXIT_OK
 
 
+def _status(config: Any, *, as_json: bool) -> int:
+    from sidecar import status
+
+    code, text, problem = status.answer(config.server.address, as_json=as_json)
+    if text:
+        print(text)
+    if problem:
+        print(problem, file=sys.stderr)
+    return code
+
+
 @contextlib.contextmanager
 def _interruptible() -> Iterator[None]:
     """SIGTERM/SIGINT abort what the main thread is doing, even a hanging request.
@@ -192,7 +229,44 @@ def _interruptible() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def _once(config: Any, environ: Mapping[str, str], log: Any, timeout: float) -> int:
+def _kept_long_enough(refresher: Any, log: Any, min_validity: float) -> bool:
+    """once --min-validity: whether the token on disk (known as at restart) will do.
+
+    A crash-looping init container must not mint a session per restart; every output
+    must be there too, or a newly configured one would never be written.
+    """
+    from sidecar.outcome import iso
+
+    kept = refresher.adopt_existing()  # no observer yet: "kept" is decided here
+    missing = [str(output.path) for output in refresher.outputs if not output.path.exists()]
+    valid_for = kept.token_valid_for() if kept is not None else None
+    if kept is None or valid_for is None:
+        reason = "no valid token on disk whose expiry is known"
+    elif valid_for < min_validity:
+        reason = f"the token on disk is valid for {valid_for:.0f}s, less than {min_validity:g}s"
+    elif missing:
+        reason = f"{missing[0]} is missing"
+    else:
+        log.info(
+            "token_kept",
+            reason=f"valid for {valid_for:.0f}s, at least --min-validity {min_validity:g}s",
+            path=str(refresher.config.token.path),
+            token_fingerprint=kept.token.fingerprint,
+            expires_at=iso(kept.token.expires_wall),
+            valid_for=round(valid_for, 3),
+        )
+        return True
+    log.info("token_not_kept", reason=reason, min_validity=min_validity)
+    return False
+
+
+def _once(
+    config: Any,
+    environ: Mapping[str, str],
+    log: Any,
+    timeout: float,
+    min_validity: float | None = None,
+) -> int:
     from sidecar.api import ApiClient
     from sidecar.policy import Lane
     from sidecar.refresher import Refresher
@@ -201,9 +275,11 @@ def _once(config: Any, environ: Mapping[str, str], log: Any, timeout: float) -> 
     client = ApiClient(config.api, require_refresh_token=config.token.include_refresh_token)
     # Nothing refreshes after once: its log lines name no next refresh past its deadline.
     reporter = Reporter(config, log, until=time.time() + timeout)
-    refresher = Refresher(
-        config, client, None, log, rng=Random(), environ=environ, observers=[reporter]
-    )
+    refresher = Refresher(config, client, None, log, rng=Random(), environ=environ, observers=[])
+    if min_validity is not None and _kept_long_enough(refresher, log, min_validity):
+        client.close()
+        return EXIT_OK
+    refresher.observers.append(reporter)
     deadline = time.monotonic() + timeout
     attempts = 0
     try:

@@ -27,6 +27,7 @@ from sidecar.errors import ConfigError
 from sidecar.key import KeySource as KeySource  # noqa: PLC0414
 from sidecar.key import Secret as Secret  # noqa: PLC0414
 from sidecar.key import find_key, proxy_credential_problem
+from sidecar.outputs import FORMATS, template_problems
 from sidecar.policy import BackoffPolicy, RefreshPolicy
 
 CONFIG_ENV = "FORESTREET_SIDECAR_CONFIG"
@@ -152,6 +153,47 @@ def _group_gid(token: Values) -> None:
         token.reject("group", f"unknown group {kinds.short(group)}")
 
 
+# --- outputs: a list in the file, each item a small section of its own -----------------
+
+
+@dataclass(frozen=True, slots=True)
+class OutputConfig:
+    """One item of ``outputs``: a further file written after every new token.
+
+    Read from the file only: an environment variable cannot hold a list. ``mode`` and
+    ``group`` left out are token.mode and token.group.
+    """
+
+    path: Path = field(default=Path(), metadata=kinds.required_path(output_path_problem))
+    format: str = field(default="raw", metadata=kinds.choice(*FORMATS))
+    mode: int | None = field(default=None, metadata=kinds.octal_mode())
+    group: str | None = field(default=None, metadata=kinds.group_name())
+    gid: int | None = field(default=None, metadata=kinds.derived())  # of group, by _group_gid
+    template: str | None = field(default=None, metadata=kinds.text())
+
+
+def _template_only_for_templates(output: Values) -> None:
+    """A template without format template would be ignored; a template format needs one."""
+    if output.refused("format") or output.refused("template"):
+        return
+    template = output.given.get("template")
+    if output["format"] != "template":
+        if template is not None:
+            output.reject("template", "only for format template", also=("format",))
+    elif template is None:
+        output.reject("template", "is required with format template (a string.Template text)")
+
+
+def _required(*names: str) -> Check:
+    def check(values: Values) -> None:
+        for each in names:
+            if each not in values.given and not values.refused(each):
+                values.reject(each, "is required")
+
+    check.__name__ = f"requires_{'_'.join(names)}"
+    return check
+
+
 # --- refresh and backoff: policy.py's dataclasses, which know nothing of configuration ---
 
 REFRESH_KINDS: dict[str, Kind] = {
@@ -250,6 +292,9 @@ SCHEMA: dict[str, Section] = {
     "log": section(LogConfig),
 }
 SECTIONS: dict[str, type[Any]] = {name: spec.cls for name, spec in SCHEMA.items()}
+# Top-level lists in the file: each item is read like a section named ``outputs[i]``.
+OUTPUTS = section(OutputConfig, checks=(_required("path", "format"), _template_only_for_templates))
+LISTS = ("outputs",)
 
 
 _ENV_KEY = KeySource("env", "FORESTREET_API_KEY")
@@ -265,6 +310,7 @@ class Config:
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     server: ServerConfig = field(default_factory=ServerConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    outputs: tuple[OutputConfig, ...] = ()
     key: KeySource = _ENV_KEY
     sources: Mapping[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
@@ -332,14 +378,21 @@ def load(
     path: Path | None,
     environ: Mapping[str, str],
     overrides: Mapping[str, object] | None = None,
+    *,
+    need_key: bool = True,
 ) -> Config:
-    """Build the effective configuration or raise ConfigError with every problem."""
+    """Build the effective configuration or raise ConfigError with every problem.
+
+    Without ``need_key`` (``status``, which only asks the running sidecar) no API key
+    is looked for, and ``key`` is the default source.
+    """
     problems = Problems()
     raw: dict[tuple[str, str], tuple[object, str]] = {}
+    listed: dict[str, list[object]] = {name: [] for name in LISTS}
     if path is None and environ.get(CONFIG_ENV):
         path = Path(environ[CONFIG_ENV])
     if path is not None:
-        entries, document = read_entries(path, _KEYS, problems)
+        entries, document = read_entries(path, _KEYS, problems, listed)
         for (name, item), value in entries.items():
             if SCHEMA[name].settings[item].written and type(value) is int:
                 raw[(name, item)] = (
@@ -361,18 +414,75 @@ def load(
         for check in spec.checks:
             check(values[name])
     sections = {name: spec.cls(**values[name].given) for name, spec in SCHEMA.items()}
+    configured = _outputs(listed["outputs"], str(path), sections["token"], sources, problems)
 
     api: ApiConfig = sections["api"]
     key: KeySource | None = None
     warnings: list[str] = []
     # A key_file or key_env already reported as wrong is not searched past: "no API key
     # found" on top would send the reader after the wrong problem.
-    if not (values["api"].refused("key_file") or values["api"].refused("key_env")):
+    if not need_key:
+        key = _ENV_KEY
+    elif not (values["api"].refused("key_file") or values["api"].refused("key_env")):
         key, warnings = find_key(api.key_file, api.key_env, environ, sources, problems)
     if problems.lines:
         raise ConfigError(problems.lines)
     assert key is not None  # noqa: S101 - find_key reports a problem otherwise
-    return Config(**sections, key=key, sources=sources, warnings=tuple(warnings))
+    return Config(
+        **sections, outputs=configured, key=key, sources=sources, warnings=tuple(warnings)
+    )
+
+
+def _outputs(
+    items: list[object],
+    origin: str,
+    token: TokenConfig,
+    sources: dict[str, str],
+    problems: Problems,
+) -> tuple[OutputConfig, ...]:
+    """The ``outputs`` items, each checked like a section, their paths against each other."""
+    taken = {token.path.absolute(): "token.path"}
+    if token.session_path is not None:
+        taken.setdefault(token.session_path.absolute(), "token.session_path")
+    result = []
+    for index, item in enumerate(items):
+        name = f"outputs[{index}]"
+        if not isinstance(item, dict):
+            problems.add(
+                name, f"must be a mapping of path, format, ..., got {kinds.kind(item)}", ""
+            )
+            continue
+        values = Values(name, OUTPUTS, sources, problems)
+        for key, value in item.items():
+            if not isinstance(key, str) or key not in OUTPUTS.settings:
+                problems.add(f"{name}.{kinds.name(key)}", "unknown key", origin)
+            else:
+                values.convert(key, value, origin)
+        _check_output(values, token, taken)
+        result.append(OutputConfig(**values.given))  # type: ignore[arg-type]
+    return tuple(result)
+
+
+def _check_output(output: Values, token: TokenConfig, taken: dict[Path, str]) -> None:
+    """One item's checks; then mode and group default to token.mode and token.group."""
+    for check in (*OUTPUTS.checks, _group_gid):
+        check(output)
+    template = output.given.get("template")
+    if isinstance(template, str) and output["format"] == "template":
+        for problem in template_problems(
+            template, include_refresh_token=token.include_refresh_token
+        ):
+            output.reject("template", problem)
+    path = output.given.get("path")
+    if isinstance(path, Path):
+        other = taken.setdefault(path.absolute(), f"{output.section}.path")
+        if other != f"{output.section}.path":
+            output.reject("path", f"must not be {other} ({path}): each needs a file of its own")
+    if "group" not in output.given:
+        output.derive("group", token.group)
+        output.derive("gid", token.gid)
+    if output["mode"] is None:
+        output.derive("mode", token.mode)
 
 
 def _read_environ(
@@ -390,10 +500,20 @@ def _read_environ(
         raw[known[variable]] = (EnvText(value), variable)
 
 
-def effective(config: Config) -> dict[str, dict[str, object]]:
+def effective(config: Config) -> dict[str, Any]:
     """The configuration as plain data for ``check-config``: no secret in it."""
-    out: dict[str, dict[str, object]] = {}
+    out: dict[str, Any] = {}
     for name, spec in SCHEMA.items():
         values = getattr(config, name)
         out[name] = {key: kind.show(getattr(values, key)) for key, kind in spec.settings.items()}
+    if config.outputs:
+        out["outputs"] = [_shown_output(each) for each in config.outputs]
     return out
+
+
+def _shown_output(output: OutputConfig) -> dict[str, object]:
+    return {
+        key: kind.show(getattr(output, key))
+        for key, kind in OUTPUTS.settings.items()
+        if getattr(output, key) is not None
+    }

@@ -128,12 +128,16 @@ def output_path_problem(path: Path) -> str | None:
 
 
 def read_entries(
-    path: Path, known: Collection[tuple[str, str]], problems: Problems
+    path: Path,
+    known: Collection[tuple[str, str]],
+    problems: Problems,
+    lists: dict[str, list[object]] | None = None,
 ) -> tuple[Entries, str]:
     """The ``(section, key) → value`` entries of the file and its text.
 
-    Unknown sections and keys, and a file that cannot be read or parsed, are problems;
-    the entries that are known are returned all the same.
+    A top-level name of ``lists`` (``outputs``) holds a list: its items go into
+    ``lists[name]``. Unknown sections and keys, and a file that cannot be read or parsed,
+    are problems; the entries that are known are returned all the same.
     """
     origin = str(path)
     entries: Entries = {}
@@ -147,8 +151,11 @@ def read_entries(
         problems.add("config", f"{path} must be a mapping of sections, got {kind(document)}", "")
         return entries, text
     sections = {section for section, _ in known}
+    lists = {} if lists is None else lists
     for section, keys in document.items():
-        if section not in sections:
+        if isinstance(section, str) and section in lists:
+            _list_items(section, keys, lists[section], origin, problems)
+        elif section not in sections:
             problems.add(name(section), "unknown section", origin)
         elif keys is None:
             continue
@@ -161,6 +168,15 @@ def read_entries(
                 else:
                     entries[(section, key)] = value
     return entries, text
+
+
+def _list_items(
+    section: str, value: object, items: list[object], origin: str, problems: Problems
+) -> None:
+    if isinstance(value, list):
+        items.extend(value)
+    elif value is not None:
+        problems.add(section, f"must be a list, got {kind(value)}", origin)
 
 
 def _read_config_text(path: Path, problems: Problems) -> tuple[str, object] | None:

@@ -59,7 +59,7 @@ class Refresher:
         self.environ = environ
         self.monotonic = monotonic
         self.wall = wall
-        self.outputs = outputs_module.from_config(config.token)
+        self.outputs = outputs_module.from_config(config)
         self.failures = 0
         self._failing_since: float | None = None  # monotonic start of the first failure
         self._obtained = False  # a token fetched by this process (a kept one does not count)
