@@ -185,7 +185,15 @@ def _check_config(config: Any, environ: Mapping[str, str]) -> int:
     from sidecar.config import effective
     from sidecar.session import fingerprint
 
-    print(yaml.safe_dump(effective(config), sort_keys=False).rstrip())
+    class Dumper(yaml.SafeDumper):
+        """A template's lines shown as they are written (``|``), not folded into quotes."""
+
+    def text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, text)
+    print(yaml.dump(effective(config), Dumper=Dumper, sort_keys=False), end="")
     try:
         key_fingerprint = fingerprint(config.key.read(environ).value)
     except (OSError, ValueError) as exc:

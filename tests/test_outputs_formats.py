@@ -276,9 +276,11 @@ def test_check_config_shows_the_outputs(tmp_path: Path, fake_api: FakeApi) -> No
     config = config_with_outputs(tmp_path, fake_api.url)
     result = run_command(["--config", str(config), "check-config"])
     assert result.returncode == 0, result.stderr
-    shown = yaml.safe_load("\n".join(x for x in result.stdout.splitlines() if x[:1] != "#"))
+    shown = yaml.safe_load("".join(x + "\n" for x in result.stdout.splitlines() if x[:1] != "#"))
     assert [o["format"] for o in shown["outputs"]] == ["raw", "json", "env", "template"]
     assert shown["outputs"][1]["mode"] == "0640"
+    assert shown["outputs"][3]["template"] == every_format(tmp_path / "out")[3]["template"]
+    assert "  template: |\n    [auth]\n" in result.stdout  # its lines as they are written
     assert f"# outputs[2].path: from {config}" in result.stdout
 
 
