@@ -245,15 +245,18 @@ def _kept_long_enough(refresher: Any, log: Any, min_validity: float) -> bool:
     """
     from sidecar.outcome import iso
 
-    kept = refresher.adopt_existing()  # no observer yet: "kept" is decided here
-    missing = [str(output.path) for output in refresher.outputs if not output.path.exists()]
+    missing = refresher.missing_outputs()
+    kept = None if missing else refresher.adopt_existing()  # no observer yet: decided here
     valid_for = kept.token_valid_for() if kept is not None else None
-    if kept is None or valid_for is None:
+    token_path = refresher.config.token.path
+    if not token_path.exists():
+        reason = f"no token on disk ({token_path} is missing)"
+    elif missing:
+        reason = f"{missing[0]} is missing"
+    elif kept is None or valid_for is None:
         reason = "no valid token on disk whose expiry is known"
     elif valid_for < min_validity:
         reason = f"the token on disk is valid for {valid_for:.0f}s, less than {min_validity:g}s"
-    elif missing:
-        reason = f"{missing[0]} is missing"
     else:
         log.info(
             "token_kept",

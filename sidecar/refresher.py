@@ -251,9 +251,13 @@ class Refresher:
 
         Its expiry comes from our own session file (when it describes this very
         token) or from the token's JWT claims; without either it is not trusted.
+        Nor is it kept while a configured output is missing (one newly added): a new
+        token writes it now instead of at the next refresh.
         """
         text = sink.read_text(self.config.token.path)
         if text is None or not TOKEN_PATTERN.fullmatch(text):
+            return None
+        if self.missing_outputs():
             return None
         now = self.wall()
         known = self._expiry_from_session(text) or _expiry_from_jwt(text, now)
@@ -285,6 +289,17 @@ class Refresher:
                 kept=True,
             )
         )
+
+    def missing_outputs(self) -> list[str]:
+        """The configured ``outputs`` not on disk. The token and session files are not
+        among them: a JWT alone still tells the expiry of the token (SPEC: Restart)."""
+        token = self.config.token
+        own = {token.path, token.session_path}
+        return [
+            str(output.path)
+            for output in self.outputs
+            if output.path not in own and not output.path.exists()
+        ]
 
     def _expiry_from_session(self, token_text: str) -> tuple[float, float, float] | None:
         path = outputs_module.session_file(self.outputs)

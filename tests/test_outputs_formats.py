@@ -134,6 +134,27 @@ def test_run_rewrites_every_output_atomically_on_each_token(
     assert sidecar.wait() == 0
 
 
+def test_a_restart_keeps_no_token_while_a_configured_output_is_missing(
+    tmp_path: Path, fake_api: FakeApi, sidecars: Callable[..., Sidecar]
+) -> None:
+    """A newly configured output is written by a new token at start, not an hour later."""
+    config = config_with_outputs(tmp_path, fake_api.url)
+    assert run_command(["--config", str(config), "once"]).returncode == 0
+    sidecar = sidecars(["--config", str(config), "run"], base_env())
+    sidecar.wait_event("token_kept")  # everything there: kept, no request
+    sidecar.signal(signal.SIGTERM)
+    assert sidecar.wait() == 0
+    assert len(fake_api.requests) == 1
+    (tmp_path / "out" / "app.env").unlink()
+    sidecar = sidecars(["--config", str(config), "run"], base_env())
+    sidecar.wait_event("token_refreshed")
+    assert len(fake_api.requests) == 2
+    assert sidecar.count("token_kept") == 0
+    assert_every_format_written(tmp_path / "out", fake_api)
+    sidecar.signal(signal.SIGTERM)
+    assert sidecar.wait() == 0
+
+
 def test_an_output_directory_is_checked_and_swept_at_start(
     tmp_path: Path, fake_api: FakeApi
 ) -> None:

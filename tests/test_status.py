@@ -69,15 +69,25 @@ def test_once_min_validity_fetches_without_a_token_or_with_an_output_missing(
     result = run_command(["--config", str(config), "once", "--min-validity", "1"])
     assert result.returncode == 0, result.stderr
     assert len(fake_api.requests) == 1
-    assert json_lines(result.stdout)[0]["reason"] == "no valid token on disk whose expiry is known"
+    assert json_lines(result.stdout)[0]["reason"].startswith("no token on disk (")
     (tmp_path / "out" / "token").write_text("not.ours")  # a token whose expiry nobody knows
-    assert run_command(["--config", str(config), "once", "--min-validity", "1"]).returncode == 0
-    assert len(fake_api.requests) == 2
-    (tmp_path / "out" / "s.json").unlink()  # the JWT alone would do, but an output is gone
     result = run_command(["--config", str(config), "once", "--min-validity", "1"])
     assert result.returncode == 0
-    assert len(fake_api.requests) == 3
-    assert json_lines(result.stdout)[0]["reason"].endswith("s.json is missing")
+    assert len(fake_api.requests) == 2
+    assert json_lines(result.stdout)[0]["reason"] == "no valid token on disk whose expiry is known"
+    (tmp_path / "out" / "s.json").unlink()  # the JWT alone tells its expiry (SPEC: Restart)
+    result = run_command(["--config", str(config), "once", "--min-validity", "1"])
+    assert result.returncode == 0
+    assert len(fake_api.requests) == 2
+    assert json_lines(result.stdout)[0]["event"] == "token_kept"
+    config.write_text(
+        config.read_text() + f"outputs:\n- {{path: {tmp_path / 'out' / 'app.env'}, format: env}}\n"
+    )
+    result = run_command(["--config", str(config), "once", "--min-validity", "1"])
+    assert result.returncode == 0
+    assert len(fake_api.requests) == 3  # a newly configured output is written at once
+    assert json_lines(result.stdout)[0]["reason"].endswith("app.env is missing")
+    assert (tmp_path / "out" / "app.env").exists()
 
 
 def test_min_validity_must_be_a_number_of_seconds() -> None:
