@@ -22,7 +22,13 @@ from sidecar.config_fields import ENV_PREFIX, EnvText, InvalidValueError, Kind, 
 # An import "X as X" is a re-export: callers know these names as the configuration's.
 from sidecar.config_fields import parse_listen as parse_listen  # noqa: PLC0414
 from sidecar.config_files import InputError as InputError  # noqa: PLC0414
-from sidecar.config_files import ca_bundle_problem, output_path_problem, read_entries, written_text
+from sidecar.config_files import (
+    ca_bundle_problem,
+    output_path_problem,
+    read_entries,
+    written_item_text,
+    written_text,
+)
 from sidecar.errors import ConfigError
 from sidecar.key import KeySource as KeySource  # noqa: PLC0414
 from sidecar.key import Secret as Secret  # noqa: PLC0414
@@ -389,6 +395,7 @@ def load(
     problems = Problems()
     raw: dict[tuple[str, str], tuple[object, str]] = {}
     listed: dict[str, list[object]] = {name: [] for name in LISTS}
+    document = ""  # the file's text
     if path is None and environ.get(CONFIG_ENV):
         path = Path(environ[CONFIG_ENV])
     if path is not None:
@@ -414,7 +421,9 @@ def load(
         for check in spec.checks:
             check(values[name])
     sections = {name: spec.cls(**values[name].given) for name, spec in SCHEMA.items()}
-    configured = _outputs(listed["outputs"], str(path), sections["token"], sources, problems)
+    configured = _outputs(
+        listed["outputs"], (str(path), document), sections["token"], sources, problems
+    )
 
     api: ApiConfig = sections["api"]
     key: KeySource | None = None
@@ -435,7 +444,7 @@ def load(
 
 def _outputs(
     items: list[object],
-    origin: str,
+    where: tuple[str, str],  # the file's name and text
     token: TokenConfig,
     sources: dict[str, str],
     problems: Problems,
@@ -445,6 +454,7 @@ def _outputs(
     if token.session_path is not None:
         taken.setdefault(token.session_path.absolute(), "token.session_path")
     result = []
+    origin, text = where
     for index, item in enumerate(items):
         name = f"outputs[{index}]"
         if not isinstance(item, dict):
@@ -456,6 +466,9 @@ def _outputs(
         for key, value in item.items():
             if not isinstance(key, str) or key not in OUTPUTS.settings:
                 problems.add(f"{name}.{kinds.name(key)}", "unknown key", origin)
+            elif OUTPUTS.settings[key].written and type(value) is int:
+                typed = written_item_text(text, "outputs", index, key)
+                values.convert(key, kinds.Written(value, typed), origin)
             else:
                 values.convert(key, value, origin)
         _check_output(values, token, taken)

@@ -292,3 +292,19 @@ def written_text(text: str, section: str, key: str) -> str:
                     if key_node.value == key and isinstance(leaf, yaml.ScalarNode):
                         return str(leaf.value)
     return "?"
+
+
+def written_item_text(text: str, name: str, index: int, key: str) -> str:
+    """The source text of ``key`` in item ``index`` of the top-level list ``name``."""
+    import yaml
+
+    node = yaml.compose(text, Loader=_loader())
+    if isinstance(node, yaml.MappingNode):
+        for list_node, items in node.value:
+            if list_node.value == name and isinstance(items, yaml.SequenceNode):
+                item = items.value[index] if index < len(items.value) else None
+                if isinstance(item, yaml.MappingNode):
+                    for key_node, leaf in item.value:
+                        if key_node.value == key and isinstance(leaf, yaml.ScalarNode):
+                            return str(leaf.value)
+    return "?"

@@ -268,6 +268,21 @@ def test_output_items_are_checked_like_sections(tmp_path: Path) -> None:
     ]
 
 
+def test_an_unquoted_mode_of_an_output_is_explained(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"token: {{path: {tmp_path / 'token'}}}\n"
+        f"outputs:\n  - {{path: {tmp_path / 'e'}, format: env}}\n"
+        f"  - path: {tmp_path / 'f'}\n    format: env\n    mode: 0600\n"
+    )
+    with pytest.raises(ConfigError) as raised:
+        load(path, KEY_ENV)
+    assert raised.value.problems == [
+        'outputs[1].mode: must be a quoted octal string like "0640" '
+        "(YAML read 0600 as the number 384)"
+    ]
+
+
 def test_outputs_come_from_the_file_only() -> None:
     """An environment variable cannot hold a list: FORESTREET_SIDECAR_OUTPUTS_* is unknown."""
     variable = "FORESTREET_SIDECAR_OUTPUTS_0_PATH"
