@@ -1038,3 +1038,20 @@ def test_monitor_defaults_are_unchanged(scenario: str, kind: str) -> None:
         assert absent not in spec
     (endpoint,) = spec.get("endpoints") or spec["podMetricsEndpoints"]
     assert set(endpoint) == {"port", "path", "interval", "scrapeTimeout"}
+
+
+def test_outputs_and_notify_reach_the_daemon_as_a_config_it_accepts(tmp_path: Path) -> None:
+    """sidecar.config carries outputs and notify; the daemon's own loader takes the result."""
+    from sidecar import config as config_module
+
+    rendered = sidecar_config(render("outputs-notify"))
+    assert [o["format"] for o in rendered["outputs"]] == ["env", "template"]
+    assert rendered["notify"]["http"]["url"] == "http://127.0.0.1:8080/-/reload"
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(rendered))
+    key = tmp_path / "api-key"
+    key.write_text("a-key-for-the-chart-test")
+    environ = {"FORESTREET_SIDECAR_API_KEY_FILE": str(key)}
+    loaded = config_module.load(path, environ, {})
+    assert loaded.notify.methods == ("http",)
+    assert len(loaded.outputs) == 2
