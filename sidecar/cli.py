@@ -343,6 +343,7 @@ def _run(config: Any, environ: Mapping[str, str], log: Any) -> int:
     refresher = Refresher(config, client, None, log, rng=Random(), environ=environ)
     daemon = Daemon(config, refresher, Notifier.from_environ(environ, os.getpid()), log)
     probes = None
+    notifications: Any = None
     daemon.install_signals()
     try:
         if listener is not None:
@@ -368,7 +369,15 @@ def _run(config: Any, environ: Mapping[str, str], log: Any) -> int:
         from sidecar.metrics import Metrics
 
         registry = CollectorRegistry()
-        refresher.attach_metrics(Metrics(registry, __version__))
+        metrics = Metrics(registry, __version__)
+        refresher.attach_metrics(metrics)
+        if config.notify.methods:
+            from sidecar.hooks import Notifications
+
+            notifications = Notifications(
+                config, log, environ=environ, rng=Random(), metrics=metrics
+            )
+            refresher.observe(notifications)  # the first token's outcome too, at once
         if probes is not None:
             probes.publish(registry)
         log.info(
@@ -382,6 +391,8 @@ def _run(config: Any, environ: Mapping[str, str], log: Any) -> int:
         return daemon.run(first_due)
     finally:
         daemon.restore_signals()
+        if notifications is not None:
+            notifications.close()
         if probes is not None:
             probes.stop()
         elif listener is not None:

@@ -250,6 +250,60 @@ class LogConfig:
     format: str = field(default="json", metadata=kinds.choice(*LOG_FORMATS))
 
 
+# --- notify: telling the application (sidecar.hooks) -------------------------------------
+
+NOTIFY_MAX_RETRIES = 20  # the 20th retry waits 0.1 * 2^19 s, about 14.6 h
+
+
+@dataclass(frozen=True, slots=True)
+class HttpHook:
+    """``notify.http``: a request to the application, by default only to this host."""
+
+    url: str = field(metadata=kinds.url())
+    method: str = field(default="POST", metadata=kinds.choice("GET", "POST"))
+    allow_remote: bool = field(default=False, metadata=kinds.flag())
+
+
+def _webhook_stays_local(hook: HttpHook) -> str | None:
+    """Pod-local is loopback: the containers of a pod share its network namespace, and the
+    pod's own addresses are not knowable in a configuration written before it starts."""
+    host = urlsplit(hook.url).hostname or ""
+    if hook.allow_remote or kinds.is_loopback(host):
+        return None
+    return (
+        f"url {kinds.short(hook.url)} is not on this host (127.0.0.0/8, ::1, localhost); "
+        "set notify.http.allow_remote: true to send it elsewhere"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SignalHook:
+    """``notify.signal``: a signal to the process whose pid ``pid_file`` holds (read afresh)."""
+
+    name: str = field(metadata=kinds.signal_name(refused=("SIGKILL", "SIGSTOP")))
+    pid_file: Path = field(metadata=kinds.required_path())
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyConfig:
+    """The ``notify`` section: how the application hears of a new token. The lists and
+    mappings come from the file only; timeout_seconds and retries also from variables."""
+
+    command: tuple[str, ...] = field(default=(), metadata=kinds.argv())
+    http: HttpHook | None = field(
+        default=None, metadata=kinds.record(HttpHook, _webhook_stays_local)
+    )
+    signal: SignalHook | None = field(default=None, metadata=kinds.record(SignalHook))
+    timeout_seconds: float = field(default=30.0, metadata=kinds.seconds(positive=True))
+    retries: int = field(default=10, metadata=kinds.whole_number(le=NOTIFY_MAX_RETRIES))
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The configured methods, in the order they run."""
+        given = (("command", bool(self.command)), ("http", self.http), ("signal", self.signal))
+        return tuple(method for method, on in given if on)
+
+
 # --- the sections together ---------------------------------------------------------------
 
 
@@ -296,6 +350,7 @@ SCHEMA: dict[str, Section] = {
     "backoff": section(BackoffPolicy, BACKOFF_KINDS, (at_most("initial_seconds", "max_seconds"),)),
     "server": section(ServerConfig),
     "log": section(LogConfig),
+    "notify": section(NotifyConfig),
 }
 SECTIONS: dict[str, type[Any]] = {name: spec.cls for name, spec in SCHEMA.items()}
 # Top-level lists in the file: each item is read like a section named ``outputs[i]``.
@@ -316,6 +371,7 @@ class Config:
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     server: ServerConfig = field(default_factory=ServerConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
     outputs: tuple[OutputConfig, ...] = ()
     key: KeySource = _ENV_KEY
     sources: Mapping[str, str] = field(default_factory=dict)

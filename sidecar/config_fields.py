@@ -12,7 +12,9 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import signal
 from collections.abc import Callable, Mapping
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -319,6 +321,113 @@ def _proxy_url_problem(address: str) -> str | None:  # noqa: PLR0911 - one per r
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         return f"{shape} (no path, query or fragment)"
     return None
+
+
+def whole_number(*, ge: int = 0, le: int) -> Kind:
+    """An integer in [ge, le] (YAML's integer in the file, ASCII digits in the environment)."""
+    message = f"must be a whole number in [{ge}, {le}]"
+
+    def convert(value: object) -> int:
+        if isinstance(value, EnvText):
+            stripped = value.strip(WHITESPACE)
+            if not DIGITS.fullmatch(stripped) or len(stripped) > 12:
+                raise InvalidValueError(f"{message}, got {short(str(value))}")
+            value = int(stripped)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidValueError(f"{message}, got {kind(value)}")
+        if not ge <= value <= le:
+            raise InvalidValueError(message)
+        return value
+
+    return kind_of(Setting(convert))
+
+
+FROM_THE_FILE = "set it in the configuration file: a variable cannot hold a {0}"
+
+
+def argv() -> Kind:
+    """A command as a list of arguments, from the file only; empty (or nothing) for none.
+
+    A string is refused, not split: no shell ever reads the configuration.
+    """
+
+    def convert(value: object) -> tuple[str, ...]:
+        if isinstance(value, EnvText):
+            raise InvalidValueError(FROM_THE_FILE.format("list"))
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            raise InvalidValueError(
+                "must be a list of arguments, not a shell string "
+                f'(write ["/path/to/program", "--flag"]), got {short(value)}'
+            )
+        if not isinstance(value, list):
+            raise InvalidValueError(f"must be a list of arguments, got {kind(value)}")
+        arguments = []
+        for index, item in enumerate(value):
+            try:
+                arguments.append(_text(item, empty=index > 0))
+            except InvalidValueError as exc:
+                raise InvalidValueError(f"argument {index} {exc.message}") from None
+        return tuple(arguments)
+
+    return kind_of(Setting(convert, show=lambda value: list(value) if value else None))
+
+
+def record(cls: type[Any], check: Callable[[Any], str | None] | None = None) -> Kind:
+    """A mapping of the file (not a variable) read into the dataclass ``cls`` by the kinds
+    of its fields, or nothing for none. ``check`` names a problem between its keys."""
+
+    def convert(value: object) -> Any:
+        if isinstance(value, EnvText):
+            raise InvalidValueError(FROM_THE_FILE.format("mapping"))
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise InvalidValueError(f"must be a mapping, got {kind(value)}")
+        known = {each.name: each for each in fields(cls)}
+        given: dict[str, object] = {}
+        for key, item in value.items():
+            if not isinstance(key, str) or key not in known:
+                raise InvalidValueError(f"has the unknown key {name(key)}")
+            try:
+                given[key] = known[key].metadata[SETTING].convert(item)
+            except InvalidValueError as exc:
+                raise InvalidValueError(f"{key} {exc.message}") from None
+        for each in fields(cls):
+            if each.default is MISSING and each.name not in given:
+                raise InvalidValueError(f"needs {each.name}")
+        result = cls(**given)
+        problem = check(result) if check is not None else None
+        if problem:
+            raise InvalidValueError(problem)
+        return result
+
+    def show(value: Any) -> object:
+        if value is None:
+            return None
+        return {
+            each.name: each.metadata[SETTING].show(getattr(value, each.name))
+            for each in fields(cls)
+        }
+
+    return kind_of(Setting(convert, show=show))
+
+
+def signal_name(*, refused: tuple[str, ...] = ()) -> Kind:
+    """A signal's name as ``kill -l`` knows it (SIGHUP, or HUP), stored as SIGHUP."""
+
+    def convert(value: object) -> str:
+        result = _text(value, empty=False).strip()
+        full = result if result.startswith("SIG") else f"SIG{result}"
+        if full not in signal.Signals.__members__ or full in refused:
+            others = f" (not {', '.join(refused)})" if refused else ""
+            raise InvalidValueError(
+                f"must be a signal name like SIGHUP or SIGUSR1{others}, got {short(result)}"
+            )
+        return full
+
+    return kind_of(Setting(convert))
 
 
 # --- what the kinds share ----------------------------------------------------------------

@@ -106,6 +106,18 @@ class Metrics:
             registry=registry,
         )
         build_info.labels(version=version).set(1)
+        self.notify_total = Counter(
+            f"{PREFIX}_notify",
+            "Notifications of the application by method (command, http, signal) and result.",
+            ["method", "result"],
+            registry=registry,
+        )
+        self.notify_duration = Histogram(
+            f"{PREFIX}_notify_duration_seconds",
+            "Time of one notification attempt.",
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
         self.refreshes.labels(result="success", reason="ok")
         for reason in FAILURE_REASONS:
             self.refreshes.labels(result="failure", reason=reason)
@@ -129,6 +141,17 @@ class Metrics:
         else:
             self.failure(outcome.reason, outcome.duration, outcome.failures)
         self.next_refresh.set(outcome.next_wall)
+
+    def notify_methods(self, methods: tuple[str, ...]) -> None:
+        """The series of the configured notification methods exist from the first scrape."""
+        for method in methods:
+            for result in ("success", "failure"):
+                self.notify_total.labels(method=method, result=result)
+
+    def notified(self, method: str, *, ok: bool, duration: float) -> None:
+        """One notification attempt (sidecar.hooks is the only caller)."""
+        self.notify_total.labels(method=method, result="success" if ok else "failure").inc()
+        self.notify_duration.observe(duration)
 
     def planned(self, wall: float) -> None:
         """The next attempt moved (a forced refresh, a wall-clock jump)."""
