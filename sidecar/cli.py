@@ -14,7 +14,7 @@ from random import Random
 from types import FrameType
 from typing import Any
 
-from sidecar import __version__
+from sidecar import __version__, signals
 from sidecar.errors import ConfigError, Interrupted, StartupError
 
 EXIT_OK = 0
@@ -228,13 +228,13 @@ def _interruptible() -> Iterator[None]:
     def interrupt(signum: int, _frame: FrameType | None) -> None:
         raise Interrupted(signal.Signals(signum).name)
 
-    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
-    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    try:
+    handlers: dict[int, signals.Handler] = {
+        signal.SIGTERM: interrupt,
+        signal.SIGINT: interrupt,
+        signal.SIGHUP: signal.SIG_IGN,
+    }
+    with signals.installed(handlers):
         yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def _kept_long_enough(refresher: Any, log: Any, min_validity: float) -> bool:
