@@ -290,7 +290,7 @@ def _once(
     if min_validity is not None and _kept_long_enough(refresher, log, min_validity):
         client.close()
         return EXIT_OK
-    refresher.observers.append(reporter)
+    refresher.last_observers.append(reporter)
     deadline = time.monotonic() + timeout
     attempts = 0
     try:

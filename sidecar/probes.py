@@ -52,8 +52,13 @@ class Probes:
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready when the file on disk holds the token we wrote (or kept) and it is unexpired."""
         path = self.config.token.path
+        # In this order (the writer sets writing, renames, sets token, clears writing): a
+        # file renamed into place before ``token`` names it is still named by ``writing``.
         text = sink.read_text(path)
         known = self.refresher.token
+        writing = self.refresher.writing
+        if text and writing is not None and fingerprint(text) == writing.fingerprint:
+            known = writing
         problem = None
         if not text:
             problem = f"{path} is missing or empty"
@@ -61,7 +66,7 @@ class Probes:
             problem = "no token written or kept by this process yet"
         elif fingerprint(text) != known.fingerprint:
             problem = f"{path} holds a token this process did not write"
-        elif self.refresher.remaining() is None:
+        elif known.expires_monotonic <= self.refresher.monotonic():
             problem = "the token on disk has expired"
         detail: dict[str, Any] = {"ready": problem is None}
         if problem is not None:

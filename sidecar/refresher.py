@@ -47,7 +47,7 @@ class Refresher:
         *,
         rng: Random,
         environ: Mapping[str, str],
-        observers: list[Observer] | None = None,
+        observers: list[Observer] | None = None,  # the log line (default), told last
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -65,12 +65,13 @@ class Refresher:
         self._obtained = False  # a token fetched by this process (a kept one does not count)
         self._key = ""  # of the attempt under way: never in a message
         self.token: TokenOnDisk | None = None
+        self.writing: TokenOnDisk | None = None  # the token whose files are being written
         self.last: Outcome | None = None
-        self.observers: list[Observer] = (
+        self.observers: list[Observer] = [] if metrics is None else [metrics.observe]
+        # Told after every other observer: what a log line says is already in the metrics.
+        self.last_observers: list[Observer] = (
             [report.Reporter(config, log)] if observers is None else list(observers)
         )
-        if metrics is not None:
-            self.observers.append(metrics.observe)
         self.stopping = threading.Event()
         # Held across every write, so shutdown can wait for one to finish and bar the next.
         self.write_lock = threading.Lock()
@@ -91,7 +92,7 @@ class Refresher:
 
     def _tell(self, outcome: Outcome) -> Outcome:
         self.last = outcome
-        for observer in self.observers:
+        for observer in (*self.observers, *self.last_observers):
             observer(outcome)
         return outcome
 
@@ -178,15 +179,21 @@ class Refresher:
         with self.write_lock:
             if self.stopping.is_set():
                 raise Stopping
-            for output in self.outputs:  # the token file last
-                output.write(issued)
-            self.token = TokenOnDisk(
+            written = TokenOnDisk(
                 fingerprint=session.fingerprint,
                 expires_monotonic=fetched.sent_monotonic + session.expires_in,
                 expires_wall=issued.expires_at,
                 obtained_wall=fetched.sent_wall,
                 lifetime=session.expires_in,
             )
+            # Readiness may read the new file before ``token`` names it: it asks ``writing``.
+            self.writing = written
+            try:
+                for output in self.outputs:  # the token file last
+                    output.write(issued)
+                self.token = written
+            finally:
+                self.writing = None
 
     def _succeeded(self, fetched: Fetched, duration: float) -> Outcome:
         session = fetched.session
