@@ -128,6 +128,11 @@ class ApiClient:
                 "User-Agent": f"forestreet-sidecar/{__version__}",
                 # What arrives compressed anyway is decoded under the same cap (decode_content).
                 "Accept-Encoding": "identity",
+                # One connection per exchange. Refreshes are minutes apart, longer than the
+                # idle timeout of most load balancers and NATs: a pooled connection would be
+                # dead by the next one (a reset or a black hole counted as a failure), and
+                # one an exchange broke off may still hold the rest of that answer.
+                "Connection": "close",
             }
         )
 
@@ -172,6 +177,8 @@ class ApiClient:
                 if at_proxy is not None:
                     raise at_proxy from exc
             raise translate(exc, self._host, self._timeout) from exc
+        finally:
+            self._adapter.close()  # whatever the server does with "Connection: close"
         if not in_time:
             raise self._late()
         status, headers = response.status_code, response.headers

@@ -966,3 +966,19 @@ def test_run_counts_every_hostile_answer_and_stays_alive(
     assert (tmp_path / "out" / "token").read_text() == GOOD_TOKEN
     assert_output_clean("".join(sidecar.raw), "".join(sidecar.stderr))
     assert not [e for e in sidecar.events if e["event"] == "refresh_job_crashed"]
+
+
+def test_every_exchange_has_a_connection_of_its_own(
+    upstream: HostileUpstream, client: ApiClient
+) -> None:
+    # A server that keeps the connection open after answering (keep-alive, one request per
+    # connection here): had the client pooled it, the second request would go down a
+    # connection nobody reads any more, the way a balancer's idle timeout leaves one.
+    kept_open = head(
+        "200 OK",
+        [("Content-Type", "application/json"), ("Content-Length", str(len(BODY)))],
+    )
+    upstream.script(Reply([kept_open + BODY], hold=5.0))
+    for _ in range(2):
+        assert client.fetch(KEY).session.access_token == GOOD_TOKEN
+    assert [r.headers.get("connection") for r in upstream.requests] == ["close", "close"]
