@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from sidecar import __version__
+from sidecar.child_output import Output, collect
 from sidecar.config import Config, HttpHook, SignalHook
 from sidecar.config_fields import DIGITS
 from sidecar.config_files import InputError, read_small_file
@@ -166,7 +167,7 @@ class Notifications:
         reason: str | None = None
         try:
             if method == "command":
-                self._command(outcome)
+                self._command(outcome, attempt)
             elif method == "http":
                 assert self.notify.http is not None  # noqa: S101 - configured
                 self._http(self.notify.http, outcome)
@@ -199,36 +200,60 @@ class Notifications:
             env["FORESTREET_EXPIRES_AT"] = f"{outcome.token.expires_wall:.0f}"
         return env
 
-    def _command(self, outcome: Outcome) -> None:
+    def _command(self, outcome: Outcome, attempt: int) -> None:
         timeout = self.notify.timeout_seconds
+        # Its output is read and logged (redacted), never passed through: stdout carries our
+        # JSON log lines only, and a script may well print the token.
+        read_end, write_end = os.pipe()
         try:
-            # Its output goes to our stderr: stdout carries our JSON log lines only.
             child = subprocess.Popen(
                 list(self.notify.command),
                 env=self.command_environment(outcome),
                 stdin=subprocess.DEVNULL,
-                stdout=2,
-                stderr=2,
+                stdout=write_end,
+                stderr=write_end,
                 cwd="/",
                 close_fds=True,
                 start_new_session=True,  # its own process group, killed whole at the timeout
             )
         except OSError as exc:
+            os.close(read_end)
             raise Failed(f"cannot run {self.notify.command[0]}: {exc.strerror or exc}") from None
+        finally:
+            os.close(write_end)
         with self._wake:
             self._child = child
+        output = Output()
         try:
-            code = child.wait(timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(child)
-            raise Failed(f"no exit within {timeout:g}s; its process group was killed") from None
+            try:
+                code = collect(child, read_end, timeout, output)
+            except OSError as exc:
+                _kill_group(child)
+                raise Failed(f"cannot read its output: {exc.strerror or exc}") from None
+            if code is None:
+                _kill_group(child)
+                raise Failed(f"no exit within {timeout:g}s; its process group was killed")
         finally:
+            os.close(read_end)
             with self._wake:
                 self._child = None
+            self._log_output(output, attempt)
         if code < 0:
             raise Failed(f"killed by {_signal_name(-code)}")
         if code != 0:
             raise Failed(f"exit status {code}")
+
+    def _log_output(self, output: Output, attempt: int) -> None:
+        lines, more = output.lines()
+        if lines:
+            self.log.info(
+                "notify_output",
+                method="command",
+                attempt=attempt,
+                output=lines,
+                more_lines=more or None,
+                dropped_bytes=output.dropped_bytes or None,
+            )
 
     def _http(self, hook: HttpHook, outcome: Outcome) -> None:
         timeout = self.notify.timeout_seconds

@@ -190,6 +190,76 @@ def test_command_gets_its_argv_and_an_environment_without_the_key_or_a_token(
             assert form not in text
 
 
+# Prints the token it is pointed at in clear, in base64 and across the 500-character cut of
+# a log line, then much more than is kept.
+TALKER = """
+import base64, os, sys
+token = open(os.environ["FORESTREET_TOKEN_PATH"]).read()
+print("reloading with", token)
+print(base64.b64encode(token.encode()).decode(), file=sys.stderr)
+print("x" * 490 + token + "y" * 1000)
+for index in range(30):
+    print("line", index)
+sys.stdout.write("z" * 200_000)
+"""
+
+
+def test_what_a_command_prints_is_logged_redacted_and_bounded(
+    tmp_path: Path, sidecars: Any
+) -> None:
+    script = tmp_path / "talker.py"
+    script.write_text(TALKER)
+    token_path = tmp_path / "out" / "token"
+    with FakeApi(lifetime=3600.0, seed=12) as api:
+        config = write_config(
+            tmp_path,
+            api.url,
+            token={"path": str(token_path)},
+            notify={"command": [PYTHON, str(script)]},
+        )
+        sidecar: Sidecar = sidecars(["--config", str(config), "run"], base_env())
+        said = sidecar.wait_event("notify_output")
+        assert sidecar.wait_event("notify_sent")["method"] == "command"
+        token = token_path.read_text()
+        sidecar.signal(signal.SIGTERM)
+        assert sidecar.wait() == 0
+    output = said["output"]
+    assert (said["method"], said["attempt"]) == ("command", 1)
+    # stdout is buffered in the script, stderr is not: the base64 line may come first.
+    assert any(line.startswith("reloading with sha256:") for line in output)
+    assert any(line.startswith("sha256:") for line in output)  # the base64 form
+    assert len(output) == 20
+    assert all(len(line) <= 500 for line in output)
+    assert said["more_lines"] > 0
+    assert said["dropped_bytes"] > 100_000
+    printed = "".join(sidecar.raw) + "".join(sidecar.stderr)
+    for form in secret_forms(token):
+        assert form not in printed
+    # Cut after scrubbing: no piece of the token is left at the end of the long line.
+    (long_line,) = [line for line in output if line.startswith("xxx")]
+    assert long_line.endswith("…")
+    assert "sha256:" in long_line
+    assert token[:8] not in long_line
+
+
+def test_a_command_that_leaves_a_process_holding_its_output_is_not_waited_for(
+    tmp_path: Path, hooks: list[Notifications]
+) -> None:
+    pid_file = tmp_path / "straggler.pid"
+    command = ["/bin/sh", "-c", f"sleep 30 & echo $! > {pid_file}; echo reloaded"]
+    hook, log = notifications(hooks, config_for(tmp_path, command=command, timeout_seconds=10))
+    try:
+        started = time.monotonic()
+        hook(new_token())
+        wait_until(lambda: log.named("notify_sent"), timeout=5)
+        assert time.monotonic() - started < 3  # not the 30 s of the straggler, nor the timeout
+        assert log.named("notify_output")[0]["output"] == ["reloaded"]
+    finally:
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
 def test_twenty_tokens_while_one_run_is_under_way_cause_exactly_one_more(
     tmp_path: Path, hooks: list[Notifications]
 ) -> None:
