@@ -251,7 +251,7 @@ def test_a_command_that_leaves_a_process_holding_its_output_is_not_waited_for(
     try:
         started = time.monotonic()
         hook(new_token())
-        wait_until(lambda: log.named("notify_sent"), timeout=5)
+        wait_until(lambda: bool(log.named("notify_sent")), timeout=5)
         assert time.monotonic() - started < 3  # not the 30 s of the straggler, nor the timeout
         assert log.named("notify_output")[0]["output"] == ["reloaded"]
     finally:
