@@ -13,7 +13,6 @@ import os
 import select
 import subprocess
 import time
-from collections.abc import Callable
 
 from sidecar.logs import REDACTOR
 
@@ -64,20 +63,18 @@ def collect(
     fd: int,
     timeout: float,
     output: Output,
-    *,
-    monotonic: Callable[[], float] = time.monotonic,
 ) -> int | None:
     """Read ``fd`` into ``output`` until the command exits; its exit status, or None at the
     timeout (the caller kills it). A process the command left behind holding the pipe open
     is not waited for: ``AFTER_EXIT_SECONDS`` after the exit, reading stops."""
-    deadline = monotonic() + timeout
+    deadline = time.monotonic() + timeout
     poller = select.poll()  # not select(): descriptors above 1024 are fine here
     poller.register(fd, select.POLLIN)
     open_pipe = True
     exited_at: float | None = None
     code: int | None = None
     while True:
-        now = monotonic()
+        now = time.monotonic()
         if code is None:
             code = child.poll()
             if code is not None:
