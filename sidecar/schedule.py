@@ -57,6 +57,7 @@ class Schedule:
         self._requests = 0  # run_soon() calls since the last attempt started
         self._after: float | None = None  # what the finished job asked for
         self._scheduler: Any = None
+        self._stopped = False  # shutdown() began: nothing is armed any more
         # Each arming is a job of its own: APScheduler removes a date job by id after
         # submitting it, which would remove a successor added under the same id meanwhile.
         # A replaced job still fires, sees it is stale, and does nothing.
@@ -85,7 +86,7 @@ class Schedule:
     def run_soon(self) -> bool:
         """Force an attempt; False when it merged into one already planned for that moment."""
         with self._lock:
-            if self._scheduler is None:
+            if self._scheduler is None or self._stopped:
                 return False
             self._requests += 1
             if self._busy:
@@ -106,7 +107,12 @@ class Schedule:
 
         with self._lock:
             now = self._monotonic()
-            if self._scheduler is None or self._busy or now <= self._due + CLOCK_SLACK_SECONDS:
+            if (
+                self._scheduler is None
+                or self._stopped
+                or self._busy
+                or now <= self._due + CLOCK_SLACK_SECONDS
+            ):
                 return max(self._due + CLOCK_SLACK_SECONDS, now + CLOCK_SLACK_SECONDS)
             try:  # overdue: the wall clock went back
                 self._scheduler.modify_job(self._job_id, next_run_time=self._wall_now())
@@ -137,8 +143,18 @@ class Schedule:
         return self._scheduler is not None and bool(self._scheduler.running)
 
     def shutdown(self) -> None:
-        """Stop firing; an attempt under way is not waited for."""
+        """Stop firing; an attempt under way is not waited for.
+
+        APScheduler's own thread removes a fired date job after submitting it, and does so
+        from the pending list once the scheduler is stopped, where it is not: a shutdown
+        landing in that gap kills the thread with a traceback. So first nothing new is
+        armed, then every job is removed (which waits, on APScheduler's job-store lock,
+        for a pass under way to finish), and only then is it stopped.
+        """
+        with self._lock:
+            self._stopped = True
         if self._scheduler is not None and self._scheduler.running:
+            self._scheduler.remove_all_jobs()
             self._scheduler.shutdown(wait=False)
 
     # -- APScheduler's side --------------------------------------------------
@@ -198,6 +214,8 @@ class Schedule:
         return now
 
     def _arm(self, delay: float) -> None:
+        if self._stopped:
+            return
         # The job this replaces is left to fire and find itself stale: removing it here
         # could race APScheduler's own removal after it fires, which kills its thread.
         self._due = self._monotonic() + delay

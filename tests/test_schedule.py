@@ -206,3 +206,30 @@ def test_each_attempt_is_told_how_many_requests_it_serves(
         time.sleep(0.02)
     wait_for(lambda: len(attempts.at) == 2, timeout=3)
     assert served == [1, 10]
+
+
+def test_a_shutdown_between_firing_and_removal_leaves_the_scheduler_thread_quiet(
+    schedules: Callable[..., Schedule], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """APScheduler removes a fired date job after submitting it; a shutdown in that gap
+    once killed its thread with a traceback (JobLookupError, seen in CI at SIGTERM)."""
+    from apscheduler.executors.base import BaseExecutor
+
+    submitted = threading.Event()
+    real_submit = BaseExecutor.submit_job
+
+    def slow_submit(self: BaseExecutor, job: object, run_times: object) -> None:
+        real_submit(self, job, run_times)
+        submitted.set()
+        time.sleep(0.3)  # hold the gap open: the job is submitted, not yet removed
+
+    monkeypatch.setattr(BaseExecutor, "submit_job", slow_submit)
+    died: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.exc_value))
+
+    schedule = schedules(Attempts([None]))
+    schedule.start(time.monotonic())
+    assert submitted.wait(5)
+    schedule.shutdown()
+    assert not schedule.alive()
+    assert died == []
