@@ -47,7 +47,13 @@ class Probes:
         if running_since is None and now - due > self.stuck_after:
             late = round(now - due, 1)
             return False, {"status": "stuck", "reason": f"refresh overdue by {late}s"}
-        return True, {"status": "ok", "consecutive_failures": self.refresher.failures}
+        detail: dict[str, Any] = {"status": "ok", "consecutive_failures": self.refresher.failures}
+        last = self.refresher.last
+        if detail["consecutive_failures"] and last is not None and not last.ok:
+            # The reason only (a metric label, a closed set): the probe port may be open to
+            # the cluster, and an error's message can quote what the upstream sent.
+            detail["last_failure"] = last.reason
+        return True, detail
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready when the file on disk holds the token we wrote (or kept) and it is unexpired."""

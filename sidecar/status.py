@@ -131,11 +131,16 @@ def collect(address: tuple[str, int], now: float) -> dict[str, Any]:
             "last_success_at": None if success is None else iso(success),
             "last_success_ago": None if success is None else round(now - success, 1),
             "consecutive_failures": int(gauges.get("consecutive_failures", 0)),
-            # The metrics count failures by reason, not which came last.
+            # /healthz names the reason of the last failure while failures run on.
+            "last_failure": _text(liveness.get("last_failure")),
             "failures_since_start": {k: int(v) for k, v in sorted(failures.items())},
         }
     )
     return report
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def duration(seconds: float) -> str:
@@ -184,6 +189,9 @@ def human(report: dict[str, Any]) -> str:
             on_disk += f", lifetime {duration(report['lifetime'])}"
         failures = report["failures_since_start"]
         counted = ", ".join(f"{reason}: {count}" for reason, count in failures.items())
+        in_a_row = f"{report['consecutive_failures']} in a row"
+        if report["consecutive_failures"] and report.get("last_failure"):
+            in_a_row += f", the last {report['last_failure']}"
         rows += [
             ("token", on_disk),
             ("next refresh", _when(report["next_refresh_at"], report["next_refresh_in"])),
@@ -191,7 +199,7 @@ def human(report: dict[str, Any]) -> str:
                 "last success",
                 _when(report["last_success_at"], report["last_success_ago"], past=True),
             ),
-            ("failures", f"{report['consecutive_failures']} in a row"),
+            ("failures", in_a_row),
             ("since start", counted or "no failure"),
         ]
     lines += [f"  {label:<13} {value}" for label, value in rows]

@@ -225,3 +225,40 @@ def test_status_durations_read_at_a_glance() -> None:
         "1d 01h",
         "30s",
     ]
+
+
+def test_status_names_the_reason_of_the_last_failure_not_only_the_counts(
+    tmp_path: Path, fake_api: FakeApi, sidecars: Callable[..., Sidecar]
+) -> None:
+    """Three SERVICE_UNAVAILABLE, then a run of http_502: the counts favour the first, the
+    last reason is the second."""
+    fake_api.script(
+        Answer(lifetime=1.0),
+        *[Answer(error_code="SERVICE_UNAVAILABLE")] * 3,
+        *[Answer(status=502, body=b"<html>bad gateway</html>")] * 500,
+    )
+    sidecar, listen = start_run(
+        tmp_path,
+        fake_api.url,
+        sidecars,
+        refresh={"min_interval_seconds": 0},
+        backoff={"initial_seconds": 0.05, "max_seconds": 0.1},
+    )
+    sidecar.wait_event("token_refreshed")
+    deadline = time.monotonic() + 15
+    while True:
+        code, out, err = ask(listen, "--json")
+        report = json.loads(out)
+        if report.get("failures_since_start", {}).get("http_502", 0) >= 2:
+            break
+        assert time.monotonic() < deadline, (code, out, err)
+        time.sleep(0.2)
+    assert report["failures_since_start"]["SERVICE_UNAVAILABLE"] == 3
+    assert report["last_failure"] == "http_502"
+    code, out, _ = ask(listen)
+    failures = next(line for line in out.splitlines() if line.startswith("  failures "))
+    assert failures.endswith(" in a row, the last http_502"), failures
+    fake_api.clear_script()  # the default answer: a token
+    wait_until(lambda: ask(listen)[0] == 0, timeout=10)
+    code, out, _ = ask(listen, "--json")
+    assert json.loads(out)["last_failure"] is None, "no failure in a row, none named"
