@@ -247,7 +247,7 @@ def _kept_long_enough(refresher: Any, log: Any, min_validity: float) -> bool:
 
     missing = refresher.missing_outputs()
     kept = None if missing else refresher.adopt_existing()  # no observer yet: decided here
-    valid_for = kept.token_valid_for() if kept is not None else None
+    valid_for = kept.valid_for if kept is not None else None
     token_path = refresher.config.token.path
     if not token_path.exists():
         reason = f"no token on disk ({token_path} is missing)"

@@ -180,7 +180,7 @@ class SystemdStatus:
         token = outcome.token
         valid = (
             f"token valid until {iso(token.expires_wall)}"
-            if token is not None and outcome.token_valid_for() is not None
+            if token is not None and outcome.valid_for is not None
             else "no valid token"
         )
         if not outcome.ok:

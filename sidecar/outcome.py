@@ -45,6 +45,9 @@ class Outcome:
     retry_after: float | None = None
     skew: float | None = None
     kept: bool = False
+    # Seconds the token on disk was still valid when the attempt ended, on the monotonic
+    # clock the plan uses (a wall-clock jump must not change what the log line says).
+    valid_for: float | None = None
 
     @property
     def reason(self) -> str:
@@ -53,13 +56,6 @@ class Outcome:
     @property
     def next_wall(self) -> float:
         return self.ended_wall + self.delay
-
-    def token_valid_for(self) -> float | None:
-        """Seconds the token on disk was still valid when the attempt ended."""
-        if self.token is None:
-            return None
-        left = self.token.expires_wall - self.ended_wall
-        return left if left > 0 else None
 
 
 Observer = Callable[[Outcome], None]

@@ -219,6 +219,7 @@ class Refresher:
                 ended_wall=self.wall(),
                 failures=0,
                 token=self.token,
+                valid_for=self.remaining(),
                 skew=skew,
             )
         )
@@ -229,13 +230,14 @@ class Refresher:
         if self.failures == 1 or self._failing_since is None:
             self._failing_since = now - duration
         retry_after = error.retry_after if isinstance(error, TransientError) else None
+        remaining = self.remaining()
         delay = retry_delay(
             self.failures,
             error.lane,
             self.config.backoff,
             self.rng,
             retry_after=retry_after,
-            remaining=self.remaining(),
+            remaining=remaining,
             # A sidecar that waited patiently and then lost its token goes on at the cap.
             failing_for=now - self._failing_since,
         )
@@ -247,6 +249,7 @@ class Refresher:
                 ended_wall=self.wall(),
                 failures=self.failures,
                 token=self.token,
+                valid_for=remaining,
                 error=error,
                 lane=error.lane,
                 retry_after=retry_after,
@@ -293,6 +296,7 @@ class Refresher:
                 ended_wall=now,
                 failures=0,
                 token=self.token,
+                valid_for=self.remaining(),
                 kept=True,
             )
         )

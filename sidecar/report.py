@@ -75,7 +75,7 @@ class Reporter:
     def _failed(self, outcome: Outcome) -> None:
         error = outcome.error
         assert error is not None  # noqa: S101 - a failure always carries its error
-        remaining = outcome.token_valid_for()
+        remaining = outcome.valid_for
         fields: dict[str, object] = {
             "reason": error.reason,
             "lane": str(error.lane),
@@ -94,7 +94,7 @@ class Reporter:
     def _planned(self, outcome: Outcome) -> None:
         """At debug level: what the policy was given and what it decided."""
         refresh, backoff = self.config.refresh, self.config.backoff
-        remaining = outcome.token_valid_for()
+        remaining = outcome.valid_for
         self.log.debug(
             "attempt_planned",
             ok=outcome.ok,

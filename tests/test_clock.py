@@ -193,3 +193,30 @@ def test_expiry_follows_the_monotonic_clock_whatever_the_wall_clock_says(
     ready, detail = daemon.readiness()
     assert not ready
     assert "expired" in detail["reason"]
+
+
+def test_what_a_failed_attempt_says_of_the_token_follows_the_monotonic_clock(
+    tmp_path: Path, jumpable_wall: type[WallClock]
+) -> None:
+    """After +1 h on the wall, a failure still reports the token valid for ~its lifetime
+    (the plan's view), not expired; the log line says the same."""
+    with FakeApi(lifetime=60.0) as api:
+        path = write_config(tmp_path, api.url)
+        environ = base_env()
+        config = config_module.load(path, environ, {})
+        log = Log()
+        client = ApiClient(config.api, wall=jumpable_wall.time)
+        refresher = Refresher(
+            config, client, None, log, rng=Random(2), environ=environ, wall=jumpable_wall.time
+        )
+        try:
+            assert refresher.attempt().ok
+            jumpable_wall.offset = HOUR
+            api.script(Answer(error_code="SERVICE_UNAVAILABLE"))
+            failed = refresher.attempt()
+        finally:
+            client.close()
+    assert not failed.ok
+    assert failed.valid_for is not None and 55 < failed.valid_for <= 60
+    logged = log.named("refresh_failed")[-1]
+    assert 55 < logged["token_valid_for"] <= 60
