@@ -15,6 +15,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -274,7 +275,22 @@ class Notifications:
                 }
             ).encode()
             headers["Content-Type"] = "application/json"
+        # A per-read timeout does not bound an answer trickled a byte at a time: at the
+        # deadline the socket is shut down, which ends any read under way.
+        expired = threading.Event()
+
+        def cut() -> None:
+            expired.set()
+            sock = connection.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+        watchdog = threading.Timer(timeout, cut)
+        watchdog.daemon = True
+        late = Failed(f"no answer within {timeout:g}s")
         try:
+            watchdog.start()
             connection.request(hook.method, parts.path or "/", body=body, headers=headers)
             if connection.sock is not None:  # the answer within what is left of the timeout
                 connection.sock.settimeout(max(deadline - self.monotonic(), 0.001))
@@ -282,13 +298,20 @@ class Notifications:
             answer.read(ANSWER_READ_LIMIT)
             status = answer.status
         except TimeoutError:
-            raise Failed(f"no answer within {timeout:g}s") from None
+            raise late from None
         except http.client.HTTPException as exc:
-            raise Failed(f"invalid answer: {type(exc).__name__}") from None
+            raise (
+                late if expired.is_set() else Failed(f"invalid answer: {type(exc).__name__}")
+            ) from None
         except OSError as exc:
+            if expired.is_set():
+                raise late from None
             raise Failed(f"cannot reach {parts.netloc}: {exc.strerror or exc}") from None
         finally:
+            watchdog.cancel()
             connection.close()
+        if expired.is_set():  # an answer read to its end only because the socket was cut
+            raise late
         if 300 <= status < 400:
             raise Failed(f"HTTP {status}: redirects are not followed")
         if not 200 <= status < 300:

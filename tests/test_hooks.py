@@ -371,9 +371,10 @@ def test_a_hook_that_hangs_delays_no_refresh_and_its_process_group_is_killed_at_
 class Webhook:
     """A real HTTP server on 127.0.0.1: answers ``statuses`` in turn (then 200), or hangs."""
 
-    def __init__(self, statuses: list[int], *, hang: bool = False) -> None:
+    def __init__(self, statuses: list[int], *, hang: bool = False, trickle: float = 0.0) -> None:
         self.statuses = list(statuses)
         self.hang = hang
+        self.trickle = trickle  # seconds between the bytes of the answer's head
         self.arrivals: list[tuple[float, str, bytes]] = []
         self.release = threading.Event()
         webhook = self
@@ -386,6 +387,15 @@ class Webhook:
                     webhook.release.wait(10)
                     return
                 status = webhook.statuses.pop(0) if webhook.statuses else 200
+                if webhook.trickle:
+                    head = f"HTTP/1.1 {status} OK\r\nContent-Length: 0\r\n\r\n".encode()
+                    with contextlib.suppress(OSError):
+                        for byte in head:
+                            self.wfile.write(bytes([byte]))
+                            self.wfile.flush()
+                            if webhook.release.wait(webhook.trickle):
+                                return
+                    return
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -439,6 +449,24 @@ def test_a_webhook_answering_503_twice_is_retried_with_growing_gaps(
     assert sample(metrics, "http", "success") == 1.0
     body = json.loads(server.arrivals[0][2])
     assert body == {"tokenPath": str(tmp_path / "out" / "token"), "expiresAt": 2_000_000_000.0}
+
+
+def test_a_webhook_trickling_its_answer_is_cut_at_the_timeout_too(
+    tmp_path: Path, hooks: list[Notifications], webhooks: list[Webhook]
+) -> None:
+    """One byte every 0.1 s never trips a per-read timeout of 0.5 s; the deadline still holds."""
+    server = Webhook([], trickle=0.1)  # a head of ~40 bytes: ~4 s
+    webhooks.append(server)
+    config = config_for(tmp_path, http={"url": server.url}, timeout_seconds=0.5, retries=0)
+    hook, log = notifications(hooks, config)
+    started = time.monotonic()
+    hook(new_token())
+    wait_until(lambda: len(log.named("notify_failed")) == 1, timeout=6)
+    took = time.monotonic() - started
+    print(f"trickling webhook given up after {took:.3f}s")
+    assert 0.45 <= took < 1.5
+    assert log.named("notify_failed")[0]["reason"] == "no answer within 0.5s"
+    assert log.named("notify_sent") == []
 
 
 def test_a_hanging_webhook_is_cut_at_the_timeout_and_given_up(
