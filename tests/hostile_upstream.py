@@ -185,6 +185,11 @@ class HostileUpstream:
         for thread in list(self._threads):
             thread.join(5)
 
+    def settle(self, timeout: float = 5.0) -> None:
+        """Wait until every connection served so far is closed on this side too."""
+        for thread in list(self._threads[1:]):  # the first is the acceptor
+            thread.join(timeout)
+
     def _spawn(self, target: Callable[..., None], *args: object) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True)
         self._threads.append(thread)

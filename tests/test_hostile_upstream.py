@@ -569,7 +569,14 @@ def test_tls_to_a_plain_http_server_in_plain_words(upstream: HostileUpstream) ->
 
 @contextlib.contextmanager
 def out_of_file_descriptors() -> Iterator[None]:
-    """Lower the soft fd limit to what is open now, plus a few, and fill those."""
+    """Lower the soft fd limit to what is open now, plus a few, and fill those.
+
+    A descriptor freed after the fill would be taken by the next socket: so the garbage an
+    earlier test left (a subprocess's pipes, a socket) is collected first, and the collector
+    is off meanwhile.
+    """
+    gc.collect()
+    gc.disable()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     in_use = len(list(Path("/proc/self/fd").iterdir()))
     fillers: list[int] = []
@@ -583,12 +590,16 @@ def out_of_file_descriptors() -> Iterator[None]:
         for fd in fillers:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        gc.enable()
 
 
 def test_out_of_file_descriptors_is_a_resource_shortage_not_a_network_or_key_problem(
     upstream: HostileUpstream, client: ApiClient
 ) -> None:
     client.fetch(KEY)  # every lazy import done: none needs a descriptor below
+    # The server closes its side after the answer: a descriptor freed once the fill is done
+    # would let the client connect and the in-process server fail to accept (a timeout).
+    upstream.settle()
     upstream.requests.clear()
     with out_of_file_descriptors():
         error = failure(client)
