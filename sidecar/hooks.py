@@ -15,7 +15,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from sidecar import __version__
+from sidecar.api import Deadline
 from sidecar.child_output import Output, collect
 from sidecar.config import Config, HttpHook, SignalHook
 from sidecar.config_fields import DIGITS
@@ -275,43 +275,32 @@ class Notifications:
                 }
             ).encode()
             headers["Content-Type"] = "application/json"
-        # A per-read timeout does not bound an answer trickled a byte at a time: at the
-        # deadline the socket is shut down, which ends any read under way.
-        expired = threading.Event()
-
-        def cut() -> None:
-            expired.set()
-            sock = connection.sock
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-        watchdog = threading.Timer(timeout, cut)
-        watchdog.daemon = True
+        # A per-read timeout does not bound an answer trickled a byte at a time: the
+        # exchange deadline the upstream fetch uses shuts the socket down at the deadline.
         late = Failed(f"no answer within {timeout:g}s")
         try:
-            watchdog.start()
-            connection.request(hook.method, parts.path or "/", body=body, headers=headers)
-            if connection.sock is not None:  # the answer within what is left of the timeout
-                connection.sock.settimeout(max(deadline - self.monotonic(), 0.001))
-            answer = connection.getresponse()
-            answer.read(ANSWER_READ_LIMIT)
-            status = answer.status
+            with Deadline(timeout) as exchange:
+                connection.request(hook.method, parts.path or "/", body=body, headers=headers)
+                exchange.watch(connection.sock)
+                if connection.sock is not None:  # the answer within what is left of the timeout
+                    connection.sock.settimeout(max(deadline - self.monotonic(), 0.001))
+                answer = connection.getresponse()
+                answer.read(ANSWER_READ_LIMIT)
+                status = answer.status
+                if not exchange.finish():  # read to its end only because the socket was cut
+                    raise late
         except TimeoutError:
             raise late from None
         except http.client.HTTPException as exc:
             raise (
-                late if expired.is_set() else Failed(f"invalid answer: {type(exc).__name__}")
+                late if exchange.expired else Failed(f"invalid answer: {type(exc).__name__}")
             ) from None
         except OSError as exc:
-            if expired.is_set():
+            if exchange.expired:
                 raise late from None
             raise Failed(f"cannot reach {parts.netloc}: {exc.strerror or exc}") from None
         finally:
-            watchdog.cancel()
             connection.close()
-        if expired.is_set():  # an answer read to its end only because the socket was cut
-            raise late
         if 300 <= status < 400:
             raise Failed(f"HTTP {status}: redirects are not followed")
         if not 200 <= status < 300:
